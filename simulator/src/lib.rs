@@ -1,0 +1,1 @@
+//! OneRoster 1.1 simulator (placeholder; being written).

@@ -1,0 +1,3 @@
+//! Command line (placeholder).
+use std::process::ExitCode;
+pub fn main() -> ExitCode { ExitCode::SUCCESS }

@@ -1,0 +1,16 @@
+//! oneroster-sync: keeps a K-12 application's roster store in step with each district's
+//! OneRoster 1.1 API (ClassLink Roster Server).
+//!
+//! Data flows one way: `config` → `sync::run_once` → `oneroster` (HTTP) → `normalize` (pure) →
+//! `mirror` (stage + diff) → `store` (apply) → run summary.
+
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod mirror;
+pub mod normalize;
+pub mod oneroster;
+pub mod store;
+pub mod sync;
+pub mod telemetry;
