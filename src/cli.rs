@@ -1,3 +1,262 @@
-//! Command line (placeholder).
+//! The command line (CONTRACT §2). `main.rs` only calls [`main`].
+
+use std::path::PathBuf;
 use std::process::ExitCode;
-pub fn main() -> ExitCode { ExitCode::SUCCESS }
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::config::Settings;
+use crate::db::Databases;
+use crate::sync::{self, Outcome, RunOptions, RunReport};
+use crate::telemetry;
+
+/// Exit status of a run that failed.
+pub const EXIT_FAILED: u8 = 1;
+/// Exit status of a bad command line or configuration.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit status of a run held by a safety limit.
+pub const EXIT_HELD: u8 = 3;
+
+#[derive(Debug, Parser)]
+#[command(name = "oneroster-sync", version, about = "Keeps a roster store in step with districts' OneRoster 1.1 APIs")]
+struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, env = "ONEROSTER_SYNC_CONFIG", default_value = "config/oneroster-sync.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The daemon: every enabled district on its schedule until SIGTERM/SIGINT.
+    Run,
+    /// One full cycle for one district, then exit.
+    Sync {
+        #[arg(long)]
+        district: String,
+        /// Compute and report the changes; write nothing to the store or the mirror.
+        #[arg(long)]
+        dry_run: bool,
+        /// How to print the run report (logs go to stdout either way).
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Pre-enablement data audit of a district (not written yet).
+    Audit {
+        #[arg(long)]
+        district: String,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Let the district's held change set apply on its next run (not written yet).
+    Approve {
+        #[arg(long)]
+        district: String,
+    },
+    /// Apply database migrations.
+    Migrate,
+    /// Load and validate the configuration and print the districts (secrets redacted).
+    CheckConfig,
+    /// Each district's recent runs.
+    Status,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(&cli.config) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("oneroster-sync: configuration error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if let Command::CheckConfig = cli.command {
+        println!("{}", settings.describe());
+        return ExitCode::SUCCESS;
+    }
+    if let Err(e) = telemetry::init(&settings.log) {
+        eprintln!("oneroster-sync: cannot set up logging: {e:#}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("oneroster-sync: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    match runtime.block_on(dispatch(cli.command, settings)) {
+        Ok(code) => code,
+        Err(e) => {
+            error!(error = %format!("{e:#}"), "command failed");
+            eprintln!("oneroster-sync: {e:#}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
+    let dbs = Databases::connect(&settings).await?;
+    dbs.migrate().await?;
+    match command {
+        Command::Migrate => {
+            info!("migrations applied");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sync { district, dry_run, format } => {
+            let Some(district) = settings.district(&district) else {
+                bail!("no district with id {district:?} in the configuration");
+            };
+            let report = sync::run_once(&dbs, district, RunOptions { dry_run }).await;
+            print_report(&report, format)?;
+            Ok(ExitCode::from(match report.outcome {
+                Outcome::Failed => EXIT_FAILED,
+                Outcome::Held => EXIT_HELD,
+                _ => 0,
+            }))
+        }
+        Command::Run => {
+            run_daemon(&dbs, &settings).await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status => {
+            print_status(&dbs).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit { .. } => bail!("audit is not implemented yet"),
+        Command::Approve { .. } => bail!("approve is not implemented yet"),
+        Command::CheckConfig => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// Every enabled district in its own loop on its interval until SIGTERM/SIGINT; a run in
+/// progress finishes (or rolls back) before the process exits.
+async fn run_daemon(dbs: &Databases, settings: &Settings) {
+    let shutdown = CancellationToken::new();
+    let districts: Vec<_> = settings.districts.iter().filter(|d| d.enabled).cloned().collect();
+    info!(
+        districts = %districts.iter().map(|d| format!("{} every {}", d.id, humantime::format_duration(d.interval))).collect::<Vec<_>>().join(", "),
+        "daemon started"
+    );
+    let mut tasks = tokio::task::JoinSet::new();
+    for district in districts {
+        let dbs = dbs.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            loop {
+                sync::run_once(&dbs, &district, RunOptions::default()).await;
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(district.interval) => {}
+                }
+            }
+        });
+    }
+    wait_for_signal().await;
+    info!("shutdown requested: letting runs in progress finish");
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+    info!("daemon stopped");
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn print_report(report: &RunReport, format: Format) -> anyhow::Result<()> {
+    match format {
+        Format::Json => {
+            println!("{}", serde_json::to_string(report).context("serializing the report")?);
+        }
+        Format::Text => eprintln!("{}", render_report(report)),
+    }
+    Ok(())
+}
+
+/// The run report as a table, for people.
+pub fn render_report(r: &RunReport) -> String {
+    let mut out = format!(
+        "district {} run {}: {}{} in {} ms\n",
+        r.district,
+        r.run_id,
+        r.outcome.as_str(),
+        if r.dry_run { " (dry run: nothing written)" } else { "" },
+        r.duration_ms
+    );
+    out.push_str(&format!(
+        "{:<18} {:>9} {:>9} {:>9} {:>11} {:>9} {:>9}\n",
+        "entity", "fetched", "created", "updated", "reactivated", "deleted", "skipped"
+    ));
+    for (entity, c) in &r.counts {
+        out.push_str(&format!(
+            "{:<18} {:>9} {:>9} {:>9} {:>11} {:>9} {:>9}\n",
+            entity.as_str(),
+            c.fetched,
+            c.created,
+            c.updated,
+            c.reactivated,
+            c.deleted,
+            c.skipped
+        ));
+    }
+    if !r.skipped.is_empty() {
+        out.push_str("skipped records:\n");
+        for s in r.skipped.iter().take(50) {
+            out.push_str(&format!("  {} {}: {}\n", s.entity, s.sourced_id, s.reason));
+        }
+        if r.skipped.len() > 50 {
+            out.push_str(&format!("  ... and {} more (see sync.runs)\n", r.skipped.len() - 50));
+        }
+    }
+    if let Some(e) = &r.error {
+        out.push_str(&format!("error: {e}\n"));
+    }
+    out
+}
+
+async fn print_status(dbs: &Databases) -> anyhow::Result<()> {
+    let rows: Vec<(String, String, chrono::DateTime<chrono::Utc>, Option<String>)> = sqlx::query_as(
+        "SELECT district_id, outcome, started_at, error FROM (
+            SELECT *, row_number() OVER (PARTITION BY district_id ORDER BY started_at DESC) AS n FROM sync.runs
+         ) r WHERE n <= 5 ORDER BY district_id, started_at DESC",
+    )
+    .fetch_all(&dbs.state)
+    .await
+    .context("reading the run history")?;
+    for (district, outcome, started, error) in rows {
+        println!(
+            "{district:<20} {} {outcome:<14} {}",
+            started.to_rfc3339(),
+            error.unwrap_or_default()
+        );
+    }
+    Ok(())
+}

@@ -4,6 +4,14 @@
 //! Data flows one way: `config` → `sync::run_once` → `oneroster` (HTTP) → `normalize` (pure) →
 //! `mirror` (stage + diff) → `store` (apply) → run summary.
 
+/// SQL assembled from this crate's own table and column names (never from input), marked as
+/// such for sqlx.
+macro_rules! sql {
+    ($($arg:tt)*) => {
+        sqlx::AssertSqlSafe(format!($($arg)*))
+    };
+}
+
 pub mod cli;
 pub mod config;
 pub mod db;

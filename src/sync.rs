@@ -1,1 +1,617 @@
-//! placeholder
+//! One sync cycle for one district: pull → normalize → stage → diff → apply → record.
+//!
+//! [`run_once`] serves the daemon loop, `sync`, `sync --dry-run` and the tests alike. Nothing is
+//! written to the roster store or the mirror unless the whole pull completed and passed its
+//! checks; every run, whatever its outcome, leaves a row in `sync.runs` and one summary log line.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt;
+use serde::Serialize;
+use sqlx::{Connection, PgConnection};
+use tracing::{Instrument, error, info, info_span, warn};
+use uuid::Uuid;
+
+use crate::config::DistrictConfig;
+use crate::db::{Databases, DbError};
+use crate::domain::{Entity, Skipped, Warning};
+use crate::mirror::{self, ChangeCounts, DiffMode, MirrorError, StageRow};
+use crate::normalize;
+use crate::oneroster::{self, Endpoint, FetchError, OneRosterClient, PullQuery, WireRecord};
+use crate::store::{self, StoreError};
+
+/// How many times a pull starts over when the upstream revision moves under it.
+const MAX_PULL_ATTEMPTS: usize = 4;
+/// Skipped records logged one per line per run; the rest are counted (all are in the history).
+const SKIPPED_LOG_LINES: usize = 100;
+/// Skipped records kept in the run history row.
+const SKIPPED_HISTORY: usize = 5_000;
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Applied,
+    NothingToDo,
+    DryRun,
+    Held,
+    Failed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::NothingToDo => "nothing_to_do",
+            Outcome::DryRun => "dry_run",
+            Outcome::Held => "held",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+/// Per-entity counts of one run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct EntityCounts {
+    pub fetched: i64,
+    pub created: i64,
+    pub updated: i64,
+    pub reactivated: i64,
+    pub deleted: i64,
+    pub skipped: i64,
+}
+
+/// What a run did; also what `sync` prints and what the run history keeps.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub run_id: Uuid,
+    pub district: String,
+    pub outcome: Outcome,
+    pub dry_run: bool,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub duration_ms: u64,
+    pub revision: Option<String>,
+    pub counts: BTreeMap<Entity, EntityCounts>,
+    pub skipped: Vec<Skipped>,
+    pub warnings: usize,
+    pub error: Option<String>,
+}
+
+impl RunReport {
+    pub fn changes(&self) -> i64 {
+        self.counts
+            .values()
+            .map(|c| c.created + c.updated + c.reactivated + c.deleted)
+            .sum()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error(transparent)]
+    Mirror(#[from] MirrorError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("database error while {doing}: {source}")]
+    Database {
+        doing: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error(
+        "the {entity} collection came back empty while the store has {active} active {entity}: \
+         refusing to treat an empty pull as deletions (upstream outage or lost permissions?)"
+    )]
+    EmptyCollection { entity: Entity, active: i64 },
+    #[error("the upstream data kept changing during the pull (x-perm-rev moved {attempts} times); giving up for this run")]
+    RevisionUnstable { attempts: usize },
+    #[error("the run exceeded its deadline of {0:?} (run_timeout)")]
+    Deadline(Duration),
+}
+
+fn db(doing: &'static str) -> impl FnOnce(sqlx::Error) -> SyncError {
+    move |source| SyncError::Database { doing, source }
+}
+
+/// One full cycle for one district. Never panics on bad data; failures are in the report.
+pub async fn run_once(dbs: &Databases, district: &DistrictConfig, options: RunOptions) -> RunReport {
+    let run_id = Uuid::now_v7();
+    let dry_run = options.dry_run || district.dry_run;
+    let span = info_span!("run", district = %district.id, run_id = %run_id);
+    async move {
+        let started_at = Utc::now();
+        let clock = Instant::now();
+        info!(dry_run, "run started");
+        let mut run = Run { counts: BTreeMap::new(), skipped: Vec::new(), warnings: 0, revision: None };
+        for entity in Entity::ALL {
+            run.counts.insert(entity, EntityCounts::default());
+        }
+        if let Err(e) = record_start(dbs, &district.id, run_id, started_at, dry_run).await {
+            // Without a history row the run cannot be accounted for: fail before pulling.
+            return finish(dbs, district, run_id, started_at, clock, dry_run, run, Err(e)).await;
+        }
+        let result = match tokio::time::timeout(
+            district.run_timeout,
+            cycle(dbs, district, run_id, dry_run, &mut run),
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(SyncError::Deadline(district.run_timeout)),
+        };
+        finish(dbs, district, run_id, started_at, clock, dry_run, run, result).await
+    }
+    .instrument(span)
+    .await
+}
+
+/// What a run accumulates while it goes.
+struct Run {
+    counts: BTreeMap<Entity, EntityCounts>,
+    skipped: Vec<Skipped>,
+    warnings: usize,
+    revision: Option<String>,
+}
+
+impl Run {
+    fn skip(&mut self, entity: Entity, skipped: Skipped) {
+        if let Some(c) = self.counts.get_mut(&entity) {
+            c.skipped += 1;
+        }
+        if self.skipped.len() < SKIPPED_LOG_LINES {
+            warn!(entity = skipped.entity, sourced_id = %skipped.sourced_id, reason = %skipped.reason, "record skipped");
+        }
+        self.skipped.push(skipped);
+    }
+
+    fn warn(&mut self, warning: Warning) {
+        if self.warnings < SKIPPED_LOG_LINES {
+            warn!(entity = warning.entity, sourced_id = %warning.sourced_id, message = %warning.message, "record kept with a warning");
+        }
+        self.warnings += 1;
+    }
+}
+
+async fn cycle(
+    dbs: &Databases,
+    district: &DistrictConfig,
+    run_id: Uuid,
+    dry_run: bool,
+    run: &mut Run,
+) -> Result<Outcome, SyncError> {
+    let client = OneRosterClient::new(district)?;
+    let mut session = dbs.state_session().await?;
+    let result = cycle_in_session(dbs, district, run_id, dry_run, run, &client, &mut session).await;
+    // Closing the session drops every temporary table; a failed close changes nothing.
+    let _ = session.close().await;
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn cycle_in_session(
+    dbs: &Databases,
+    district: &DistrictConfig,
+    run_id: Uuid,
+    dry_run: bool,
+    run: &mut Run,
+    client: &OneRosterClient,
+    session: &mut PgConnection,
+) -> Result<Outcome, SyncError> {
+    pull_snapshot(district, client, session, run).await?;
+
+    for skipped in mirror::check_snapshot(session).await? {
+        let entity = entity_named(skipped.entity);
+        run.skip(entity, skipped);
+    }
+
+    // Fail closed: an empty collection is never read as "everyone left".
+    let active = mirror::active_counts(session, &district.id).await?;
+    for entity in Entity::ALL {
+        let fetched = run.counts.get(&entity).map(|c| c.fetched).unwrap_or(0);
+        let active = active.get(&entity).copied().unwrap_or(0);
+        if fetched == 0 && active > 0 {
+            return Err(SyncError::EmptyCollection { entity, active });
+        }
+    }
+
+    let pending = pending_run(dbs, &district.id).await?;
+    let mode = if dbs.store_is_separate && pending.is_some() {
+        warn!(pending_run_id = ?pending, "a previous run did not finish applying to the store: reconciling against it");
+        DiffMode::Reconcile
+    } else {
+        DiffMode::Mirror
+    };
+    let changes = mirror::diff(session, &district.id, mode).await?;
+    for (entity, c) in &changes {
+        if let Some(counts) = run.counts.get_mut(entity) {
+            counts.created = c.created;
+            counts.updated = c.updated;
+            counts.reactivated = c.reactivated;
+            counts.deleted = c.deleted;
+        }
+    }
+    let total: i64 = changes.values().map(ChangeCounts::total).sum();
+
+    if dry_run {
+        return Ok(Outcome::DryRun);
+    }
+    if total == 0 && mode == DiffMode::Mirror {
+        mark_success(&dbs.state, &district.id, run.revision.as_deref()).await?;
+        return Ok(Outcome::NothingToDo);
+    }
+
+    if dbs.store_is_separate {
+        apply_separate(dbs, &district.id, run_id, mode, session).await?;
+    } else {
+        let mut tx = session.begin().await.map_err(db("starting the apply transaction"))?;
+        store::apply(&mut tx, &district.id).await?;
+        mirror::advance(&mut tx, &district.id).await?;
+        tx.commit().await.map_err(db("committing the apply transaction"))?;
+    }
+    mark_success(&dbs.state, &district.id, run.revision.as_deref()).await?;
+    Ok(Outcome::Applied)
+}
+
+/// Applies to a roster store in another database; see the store module for the protocol and
+/// why it converges after a crash at any step.
+async fn apply_separate(
+    dbs: &Databases,
+    district: &str,
+    run_id: Uuid,
+    mode: DiffMode,
+    session: &mut PgConnection,
+) -> Result<(), SyncError> {
+    sqlx::query("UPDATE sync.districts SET pending_run_id = $2, pending_since = now() WHERE district_id = $1")
+        .bind(district)
+        .bind(run_id)
+        .execute(&mut *session)
+        .await
+        .map_err(db("marking the apply as pending"))?;
+
+    let mut store_session = dbs.store_session().await?;
+    let result: Result<BTreeMap<Entity, Vec<String>>, SyncError> = async {
+        let mut tx = store_session.begin().await.map_err(db("starting the store transaction"))?;
+        store::transfer(session, &mut tx).await?;
+        store::apply(&mut tx, district).await?;
+        let gone = match mode {
+            DiffMode::Reconcile => store::reconcile_absent(&mut tx, district).await?,
+            DiffMode::Mirror => BTreeMap::new(),
+        };
+        tx.commit().await.map_err(db("committing the store transaction"))?;
+        Ok(gone)
+    }
+    .await;
+    let _ = store_session.close().await;
+    let gone = result?;
+
+    let mut tx = session.begin().await.map_err(db("starting the mirror transaction"))?;
+    for (entity, ids) in gone {
+        if ids.is_empty() {
+            continue;
+        }
+        sqlx::query(sql!(
+            "INSERT INTO del_{} SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
+            entity.as_str()
+        ))
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("recording reconciled deletions"))?;
+    }
+    mirror::advance(&mut tx, district).await?;
+    sqlx::query("UPDATE sync.districts SET pending_run_id = NULL, pending_since = NULL WHERE district_id = $1")
+        .bind(district)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("clearing the pending mark"))?;
+    tx.commit().await.map_err(db("committing the mirror transaction"))?;
+    Ok(())
+}
+
+/// Pulls every collection into the staging tables. Starts over (bounded) when the upstream
+/// revision (`x-perm-rev`) moves during the pull, so a snapshot never mixes two revisions.
+async fn pull_snapshot(
+    district: &DistrictConfig,
+    client: &OneRosterClient,
+    session: &mut PgConnection,
+    run: &mut Run,
+) -> Result<(), SyncError> {
+    for attempt in 1..=MAX_PULL_ATTEMPTS {
+        mirror::create_stage(session).await?;
+        for c in run.counts.values_mut() {
+            *c = EntityCounts::default();
+        }
+        run.skipped.clear();
+        run.warnings = 0;
+        let mut pull = Pull { revision: None, moved: false };
+        pull_all(district, client, session, run, &mut pull).await?;
+        if !pull.moved {
+            run.revision = pull.revision;
+            return Ok(());
+        }
+        warn!(attempt, "upstream revision changed during the pull: starting over");
+    }
+    Err(SyncError::RevisionUnstable { attempts: MAX_PULL_ATTEMPTS })
+}
+
+struct Pull {
+    revision: Option<String>,
+    moved: bool,
+}
+
+impl Pull {
+    /// Notes a page's revision; false once it differs from the first page's.
+    fn observe(&mut self, revision: &Option<String>) -> bool {
+        match (&self.revision, revision) {
+            (_, None) => {}
+            (None, Some(r)) => self.revision = Some(r.clone()),
+            (Some(first), Some(r)) if first != r => self.moved = true,
+            _ => {}
+        }
+        !self.moved
+    }
+}
+
+async fn pull_all(
+    district: &DistrictConfig,
+    client: &OneRosterClient,
+    session: &mut PgConnection,
+    run: &mut Run,
+    pull: &mut Pull,
+) -> Result<(), SyncError> {
+    macro_rules! collection {
+        ($endpoint:expr, $entity:expr, $normalize:path) => {
+            if !pull_collection(client, session, run, pull, $endpoint, $entity, PullQuery::default(), $normalize).await? {
+                return Ok(());
+            }
+        };
+    }
+    collection!(Endpoint::Orgs, Entity::Orgs, normalize::org);
+    collection!(Endpoint::AcademicSessions, Entity::AcademicSessions, normalize::academic_session);
+    collection!(Endpoint::Courses, Entity::Courses, normalize::course);
+    collection!(Endpoint::Classes, Entity::Classes, normalize::class);
+    collection!(Endpoint::Users, Entity::Users, normalize::user);
+    if district.demographics {
+        let query = PullQuery { fields: Some(oneroster::DEMOGRAPHICS_FIELDS.to_vec()), ..PullQuery::default() };
+        if !pull_collection(client, session, run, pull, Endpoint::Demographics, Entity::Users, query, normalize::demographics_record).await? {
+            return Ok(());
+        }
+    }
+    collection!(Endpoint::Enrollments, Entity::Enrollments, normalize::enrollment);
+    Ok(())
+}
+
+/// Streams one collection's pages through normalization into staging. Returns false when the
+/// revision moved (the caller starts over).
+#[allow(clippy::too_many_arguments)]
+async fn pull_collection<W, D>(
+    client: &OneRosterClient,
+    session: &mut PgConnection,
+    run: &mut Run,
+    pull: &mut Pull,
+    endpoint: Endpoint,
+    entity: Entity,
+    query: PullQuery,
+    normalize: fn(W) -> normalize::Normalized<D>,
+) -> Result<bool, SyncError>
+where
+    W: WireRecord,
+    D: StageRow,
+{
+    let counts_fetched = endpoint != Endpoint::Demographics;
+    let mut pages = std::pin::pin!(client.pages::<W>(endpoint, query));
+    while let Some(page) = pages.try_next().await? {
+        if !pull.observe(&page.revision) {
+            return Ok(false);
+        }
+        if counts_fetched {
+            if let Some(c) = run.counts.get_mut(&entity) {
+                c.fetched += (page.records.len() + page.unreadable.len()) as i64;
+            }
+        }
+        for bad in page.unreadable {
+            run.skip(entity, bad);
+        }
+        let mut rows = Vec::with_capacity(page.records.len());
+        for record in page.records {
+            match normalize(record) {
+                Ok((row, warnings)) => {
+                    for w in warnings {
+                        run.warn(w);
+                    }
+                    if let Some(row) = row {
+                        rows.push(row);
+                    }
+                }
+                Err(skipped) if endpoint == Endpoint::Demographics => {
+                    // A bad demographics record only costs that user's demographics.
+                    run.warn(Warning {
+                        entity: "demographics",
+                        sourced_id: skipped.sourced_id,
+                        message: skipped.reason,
+                    });
+                }
+                Err(skipped) => run.skip(entity, skipped),
+            }
+        }
+        mirror::copy_rows(session, &rows).await?;
+    }
+    Ok(true)
+}
+
+fn entity_named(name: &str) -> Entity {
+    Entity::ALL.into_iter().find(|e| e.as_str() == name).unwrap_or(Entity::Users)
+}
+
+async fn pending_run(dbs: &Databases, district: &str) -> Result<Option<Uuid>, SyncError> {
+    sqlx::query_scalar("SELECT pending_run_id FROM sync.districts WHERE district_id = $1")
+        .bind(district)
+        .fetch_optional(&dbs.state)
+        .await
+        .map(Option::flatten)
+        .map_err(db("reading the district state"))
+}
+
+async fn mark_success(state: &sqlx::PgPool, district: &str, revision: Option<&str>) -> Result<(), SyncError> {
+    sqlx::query(
+        "UPDATE sync.districts SET last_success_at = now(), last_full_pull_at = now(),
+         last_revision = $2, consecutive_failures = 0 WHERE district_id = $1",
+    )
+    .bind(district)
+    .bind(revision)
+    .execute(state)
+    .await
+    .map_err(db("recording the district's success"))?;
+    Ok(())
+}
+
+async fn record_start(
+    dbs: &Databases,
+    district: &str,
+    run_id: Uuid,
+    started_at: DateTime<Utc>,
+    dry_run: bool,
+) -> Result<(), SyncError> {
+    sqlx::query("INSERT INTO sync.districts (district_id) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(district)
+        .execute(&dbs.state)
+        .await
+        .map_err(db("registering the district"))?;
+    sqlx::query(
+        "INSERT INTO sync.runs (run_id, district_id, started_at, outcome, dry_run) VALUES ($1, $2, $3, 'running', $4)",
+    )
+    .bind(run_id)
+    .bind(district)
+    .bind(started_at)
+    .bind(dry_run)
+    .execute(&dbs.state)
+    .await
+    .map_err(db("recording the run start"))?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    dbs: &Databases,
+    district: &DistrictConfig,
+    run_id: Uuid,
+    started_at: DateTime<Utc>,
+    clock: Instant,
+    dry_run: bool,
+    run: Run,
+    result: Result<Outcome, SyncError>,
+) -> RunReport {
+    let (outcome, error) = match result {
+        Ok(outcome) => (outcome, None),
+        Err(e) => {
+            let chain = error_chain(&e);
+            error!(error = %chain, "run failed; nothing was written to the roster store");
+            (Outcome::Failed, Some(chain))
+        }
+    };
+    let report = RunReport {
+        run_id,
+        district: district.id.clone(),
+        outcome,
+        dry_run,
+        started_at,
+        finished_at: Utc::now(),
+        duration_ms: clock.elapsed().as_millis() as u64,
+        revision: run.revision,
+        counts: run.counts,
+        skipped: run.skipped,
+        warnings: run.warnings,
+        error,
+    };
+    if let Err(e) = record_finish(&dbs.state, &report).await {
+        error!(error = %error_chain(&e), "could not record the run in the history");
+    }
+    log_summary(&report);
+    report
+}
+
+async fn record_finish(state: &sqlx::PgPool, report: &RunReport) -> Result<(), SyncError> {
+    let counts = serde_json::to_value(
+        report
+            .counts
+            .iter()
+            .map(|(e, c)| (e.as_str(), c))
+            .collect::<BTreeMap<_, _>>(),
+    )
+    .unwrap_or_default();
+    let skipped = serde_json::to_value(report.skipped.iter().take(SKIPPED_HISTORY).collect::<Vec<_>>())
+        .unwrap_or_default();
+    sqlx::query(
+        "UPDATE sync.runs SET finished_at = $2, outcome = $3, revision = $4, counts = $5, skipped = $6, error = $7
+         WHERE run_id = $1",
+    )
+    .bind(report.run_id)
+    .bind(report.finished_at)
+    .bind(report.outcome.as_str())
+    .bind(&report.revision)
+    .bind(counts)
+    .bind(skipped)
+    .bind(&report.error)
+    .execute(state)
+    .await
+    .map_err(db("recording the run outcome"))?;
+    if report.outcome == Outcome::Failed {
+        sqlx::query("UPDATE sync.districts SET consecutive_failures = consecutive_failures + 1 WHERE district_id = $1")
+            .bind(&report.district)
+            .execute(state)
+            .await
+            .map_err(db("recording the failure"))?;
+    }
+    Ok(())
+}
+
+/// The one summary line of a run (CONTRACT §8): outcome, duration and per entity the fetched /
+/// created / updated / deleted / skipped counts (reactivations count as updates here).
+fn log_summary(r: &RunReport) {
+    let c = |e: Entity| r.counts.get(&e).copied().unwrap_or_default();
+    let (o, a, co, cl, u, en) = (
+        c(Entity::Orgs),
+        c(Entity::AcademicSessions),
+        c(Entity::Courses),
+        c(Entity::Classes),
+        c(Entity::Users),
+        c(Entity::Enrollments),
+    );
+    info!(
+        outcome = r.outcome.as_str(),
+        duration_ms = r.duration_ms,
+        orgs_fetched = o.fetched, orgs_created = o.created, orgs_updated = o.updated + o.reactivated, orgs_deleted = o.deleted, orgs_skipped = o.skipped,
+        academic_sessions_fetched = a.fetched, academic_sessions_created = a.created, academic_sessions_updated = a.updated + a.reactivated, academic_sessions_deleted = a.deleted, academic_sessions_skipped = a.skipped,
+        courses_fetched = co.fetched, courses_created = co.created, courses_updated = co.updated + co.reactivated, courses_deleted = co.deleted, courses_skipped = co.skipped,
+        classes_fetched = cl.fetched, classes_created = cl.created, classes_updated = cl.updated + cl.reactivated, classes_deleted = cl.deleted, classes_skipped = cl.skipped,
+        users_fetched = u.fetched, users_created = u.created, users_updated = u.updated + u.reactivated, users_deleted = u.deleted, users_skipped = u.skipped,
+        enrollments_fetched = en.fetched, enrollments_created = en.created, enrollments_updated = en.updated + en.reactivated, enrollments_deleted = en.deleted, enrollments_skipped = en.skipped,
+        "run summary"
+    );
+}
+
+/// The error and its causes on one line, for a single log field.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
