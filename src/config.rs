@@ -66,7 +66,7 @@ pub enum ConfigError {
         column: usize,
         message: String,
     },
-    #[error("{scope}: unknown key \"{key}\"")]
+    #[error("{scope}: unknown key \"{key}\"{}", top_level_hint(key))]
     UnknownKey { scope: Scope, key: String },
     #[error("{scope}: key \"{key}\": {problem}")]
     InvalidKey {
@@ -78,6 +78,19 @@ pub enum ConfigError {
     Invalid { scope: Scope, problem: String },
     #[error("database URL: {problem}")]
     DatabaseUrl { problem: String },
+}
+
+/// In TOML a key after a `[section]` header belongs to that section, a classic slip for
+/// `districts_dir`; point it out.
+fn top_level_hint(key: &str) -> &'static str {
+    if matches!(
+        key,
+        "districts_dir" | "database" | "store" | "log" | "districts"
+    ) {
+        " (top-level keys must come before the first [section] header)"
+    } else {
+        ""
+    }
 }
 
 /// Where in the configuration a problem is.
@@ -521,7 +534,11 @@ impl Settings {
                 .secret_sources
                 .get(&d.id)
                 .map_or_else(|| "(unknown)".to_owned(), SecretSource::describe);
-            let resolved = if d.enabled { "" } else { " (not read: disabled)" };
+            let resolved = if d.enabled {
+                ""
+            } else {
+                " (not read: disabled)"
+            };
             let _ = writeln!(out, "  {secret_key}: {source}{resolved}");
             let _ = writeln!(out, "  interval: {}", h(d.interval));
             let _ = writeln!(out, "  full_interval: {}", h(d.full_interval));
@@ -542,10 +559,8 @@ impl DatabaseSettings {
     /// sqlx connection options for this URL.
     pub fn connect_options(&self) -> Result<PgConnectOptions, ConfigError> {
         // sqlx's parse error may quote the URL (and so the password): only say that it failed.
-        PgConnectOptions::from_str(self.url.expose_secret()).map_err(|_| {
-            ConfigError::DatabaseUrl {
-                problem: "not a valid Postgres connection URL".to_owned(),
-            }
+        PgConnectOptions::from_str(self.url.expose_secret()).map_err(|_| ConfigError::DatabaseUrl {
+            problem: "not a valid Postgres connection URL".to_owned(),
         })
     }
 
@@ -653,8 +668,7 @@ fn parse_settings(
     let mut secret_sources = BTreeMap::new();
     let mut origins: HashMap<String, DistrictOrigin> = HashMap::new();
     for (value, origin, default_id) in declared {
-        let (district, secret_source) =
-            parse_district(value, &origin, default_id, base_dir, env)?;
+        let (district, secret_source) = parse_district(value, &origin, default_id, base_dir, env)?;
         if let Some(first) = origins.get(&district.id) {
             return Err(ConfigError::InvalidKey {
                 scope: Scope::district(&district.id, &origin),
@@ -768,7 +782,8 @@ fn parse_database(
         return Ok(None);
     };
     // The URL may carry a password: no message below quotes it.
-    let parsed = Url::parse(&url).map_err(|e| scope.key("url", format!("not a valid URL ({e})")))?;
+    let parsed =
+        Url::parse(&url).map_err(|e| scope.key("url", format!("not a valid URL ({e})")))?;
     if !matches!(parsed.scheme(), "postgres" | "postgresql") {
         return Err(scope.key(
             "url",
@@ -845,7 +860,8 @@ fn parse_district(
     let base_url = http_url(
         &scope,
         "base_url",
-        raw.base_url.ok_or_else(|| scope.key("base_url", "required"))?,
+        raw.base_url
+            .ok_or_else(|| scope.key("base_url", "required"))?,
     )?;
     let base_url = without_trailing_slash(base_url);
 
@@ -967,7 +983,12 @@ fn parse_district(
             defaults::MAX_RETRIES,
             MAX_RETRIES_RANGE,
         )?,
-        run_timeout: duration(&scope, "run_timeout", raw.run_timeout, defaults::RUN_TIMEOUT)?,
+        run_timeout: duration(
+            &scope,
+            "run_timeout",
+            raw.run_timeout,
+            defaults::RUN_TIMEOUT,
+        )?,
         demographics: raw.demographics.unwrap_or(defaults::DEMOGRAPHICS),
         id,
     };
@@ -982,10 +1003,7 @@ fn required_client_id(
     match client_id {
         Some(id) if !id.is_empty() => Ok(id),
         Some(_) => Err(scope.key("client_id", "must not be empty")),
-        None => Err(scope.key(
-            "client_id",
-            format!("required when auth = \"{mode}\""),
-        )),
+        None => Err(scope.key("client_id", format!("required when auth = \"{mode}\""))),
     }
 }
 
@@ -1240,7 +1258,7 @@ fn strip_literals(message: &str) -> String {
     for c in message.chars() {
         match quote {
             Some(q) if c == q => {
-                out.push_str("…");
+                out.push('…');
                 out.push(c);
                 quote = None;
             }
