@@ -1236,9 +1236,8 @@ fn translate_at(err: config::ConfigError, scope: &Scope, at: Option<String>) -> 
     }
 }
 
-/// `districts[0].page_size` -> `page_size` is not wanted (the scope already says which
-/// district); but sections are deserialized one by one, so keys here are already leaves. Kept
-/// defensive: an empty key is shown as `?`.
+/// Sections and districts are deserialized one by one, so keys here are already relative to the
+/// scope; a key the config crate did not report is shown as `?`.
 fn leaf_key(key: Option<&str>) -> String {
     match key {
         Some(k) if !k.is_empty() => k.to_owned(),
