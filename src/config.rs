@@ -1,15 +1,163 @@
-//! Configuration: TOML file (+ `districts_dir`), then environment overrides, validated once
-//! into typed settings. (Interface stub: being implemented.)
+//! Configuration: the TOML file (plus one file per district in `districts_dir`), then environment
+//! overrides, deserialized once into raw structs with `deny_unknown_fields` and validated into
+//! typed settings, so a bad value fails at start with the district's and the key's name.
+//!
+//! Secrets are held as [`SecretString`] from the moment they are read. No error message built
+//! here quotes a secret or a database URL: messages name keys, hosts and file paths only, and the
+//! parser errors of the `config`/`toml` crates (which echo the offending source line or value)
+//! are rebuilt from their parts before they reach the caller.
 
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::{self, Write as _};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
-use secrecy::SecretString;
-use url::Url;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use sqlx::postgres::PgConnectOptions;
+use url::{Host, Url};
 
+/// Every default of the configuration, in one place (the example config documents the same).
+pub mod defaults {
+    use std::time::Duration;
+
+    pub const LOG_LEVEL: &str = "info";
+    pub const INTERVAL: Duration = Duration::from_secs(60 * 60);
+    pub const FULL_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
+    pub const PAGE_SIZE: u32 = 1000;
+    pub const DRY_RUN: bool = false;
+    pub const ENABLED: bool = true;
+    pub const CONCURRENCY: usize = 4;
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+    pub const MAX_RETRIES: u32 = 6;
+    pub const RUN_TIMEOUT: Duration = Duration::from_secs(4 * 60 * 60);
+    pub const DEMOGRAPHICS: bool = true;
+}
+
+/// Limits on numeric district keys (inclusive).
+const PAGE_SIZE_RANGE: (i64, i64) = (1, 10_000);
+const CONCURRENCY_RANGE: (i64, i64) = (1, 32);
+const MAX_RETRIES_RANGE: (i64, i64) = (0, 100);
+
+/// Prefix of the environment variables that override `[database]`, `[store]` and `[log]` keys:
+/// `ONEROSTER_SYNC__<SECTION>__<KEY>`.
+const ENV_PREFIX: &str = "ONEROSTER_SYNC";
+const ENV_SEPARATOR: &str = "__";
+const ENV_SECTIONS: [&str; 3] = ["database", "store", "log"];
+
+/// A configuration that cannot be used. Every message names where the problem is (the district,
+/// file, section or environment variable) and, where there is one, the key.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(pub String);
+pub enum ConfigError {
+    #[error("cannot read {what} \"{path}\": {reason}")]
+    Unreadable {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    /// The TOML itself does not parse; the message is the parser's, without the source excerpt
+    /// (the offending line may hold a secret).
+    #[error("{origin}: TOML syntax error at line {line}, column {column}: {message}")]
+    Syntax {
+        origin: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{scope}: unknown key \"{key}\"{}", top_level_hint(key))]
+    UnknownKey { scope: Scope, key: String },
+    #[error("{scope}: key \"{key}\": {problem}")]
+    InvalidKey {
+        scope: Scope,
+        key: String,
+        problem: String,
+    },
+    #[error("{scope}: {problem}")]
+    Invalid { scope: Scope, problem: String },
+    #[error("database URL: {problem}")]
+    DatabaseUrl { problem: String },
+}
+
+/// In TOML a key after a `[section]` header belongs to that section, a classic slip for
+/// `districts_dir`; point it out.
+fn top_level_hint(key: &str) -> &'static str {
+    if matches!(
+        key,
+        "districts_dir" | "database" | "store" | "log" | "districts"
+    ) {
+        " (top-level keys must come before the first [section] header)"
+    } else {
+        ""
+    }
+}
+
+/// Where in the configuration a problem is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// The top level of the main config file.
+    File,
+    /// A section of the main config file, e.g. `[database]`.
+    Section(&'static str),
+    /// An environment variable (by name; its value is never shown).
+    EnvVar(String),
+    District {
+        /// The declared id, or the default one for a district file; `None` when unknown.
+        id: Option<String>,
+        origin: DistrictOrigin,
+    },
+}
+
+/// Where a district was declared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DistrictOrigin {
+    /// The n-th (1-based) inline `[[districts]]` table.
+    Inline(usize),
+    /// A file in `districts_dir`, shown as `districts_dir` + file name.
+    File(String),
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scope::File => f.write_str("config file"),
+            Scope::Section(section) => write!(f, "[{section}]"),
+            Scope::EnvVar(name) => write!(f, "environment variable \"{name}\""),
+            Scope::District { id, origin } => {
+                match id {
+                    Some(id) => write!(f, "district \"{id}\"")?,
+                    None => f.write_str("district")?,
+                }
+                match origin {
+                    // The id is enough to find an inline district; the index helps when it has none.
+                    DistrictOrigin::Inline(n) if id.is_none() => {
+                        write!(f, " (inline [[districts]] #{n})")
+                    }
+                    DistrictOrigin::Inline(_) => Ok(()),
+                    DistrictOrigin::File(file) => write!(f, " (file \"{file}\")"),
+                }
+            }
+        }
+    }
+}
+
+impl Scope {
+    fn district(id: &str, origin: &DistrictOrigin) -> Scope {
+        Scope::District {
+            id: Some(id.to_owned()),
+            origin: origin.clone(),
+        }
+    }
+
+    fn key(&self, key: &str, problem: impl Into<String>) -> ConfigError {
+        ConfigError::InvalidKey {
+            scope: self.clone(),
+            key: key.to_owned(),
+            problem: problem.into(),
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -18,7 +166,12 @@ pub struct Settings {
     pub store: Option<DatabaseSettings>,
     pub log: LogSettings,
     pub districts: Vec<DistrictConfig>,
+    /// The config file this was loaded from (empty when loaded from a string).
     pub source: PathBuf,
+    /// The resolved `districts_dir`, if one is configured.
+    pub districts_dir: Option<PathBuf>,
+    /// Where each district's secret comes from, by district id (what `describe` shows).
+    pub secret_sources: BTreeMap<String, SecretSource>,
 }
 
 #[derive(Clone)]
@@ -44,6 +197,17 @@ pub struct LogSettings {
     pub level: String,
 }
 
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            format: LogFormat::Json,
+            level: defaults::LOG_LEVEL.to_owned(),
+        }
+    }
+}
+
+/// How a district authenticates. For a district with `enabled = false` the secret is not read at
+/// load time and is empty here: see [`Settings::with_resolved_secret`].
 #[derive(Debug, Clone)]
 pub enum AuthConfig {
     OAuth2 {
@@ -59,6 +223,26 @@ pub enum AuthConfig {
         client_id: String,
         client_secret: SecretString,
     },
+}
+
+impl AuthConfig {
+    /// The `auth` key's value for this mode.
+    pub fn mode(&self) -> &'static str {
+        match self {
+            AuthConfig::OAuth2 { .. } => "oauth2",
+            AuthConfig::Bearer { .. } => "bearer",
+            AuthConfig::OAuth1 { .. } => "oauth1",
+        }
+    }
+
+    fn set_secret(&mut self, secret: SecretString) {
+        match self {
+            AuthConfig::OAuth2 { client_secret, .. } | AuthConfig::OAuth1 { client_secret, .. } => {
+                *client_secret = secret
+            }
+            AuthConfig::Bearer { token } => *token = secret,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -79,12 +263,1011 @@ pub struct DistrictConfig {
     pub demographics: bool,
 }
 
+/// Where a district's client secret (or bearer token) comes from.
+#[derive(Debug, Clone)]
+pub enum SecretSource {
+    /// `client_secret_env`: the name of an environment variable.
+    Env(String),
+    /// `client_secret_file`: a file (resolved against the config file's directory); a trailing
+    /// newline is not part of the secret.
+    File(PathBuf),
+    /// `client_secret`: written in the config file.
+    Inline(SecretString),
+}
+
+impl SecretSource {
+    /// Reads the secret from the process environment or the file.
+    pub fn resolve(&self, district: &str) -> Result<SecretString, ConfigError> {
+        let scope = Scope::District {
+            id: Some(district.to_owned()),
+            origin: DistrictOrigin::Inline(0),
+        };
+        self.resolve_in(&scope, &EnvSource::Process)
+    }
+
+    fn resolve_in(&self, scope: &Scope, env: &EnvSource) -> Result<SecretString, ConfigError> {
+        match self {
+            SecretSource::Env(name) => match env.var(name) {
+                Some(value) if !value.is_empty() => Ok(SecretString::from(value)),
+                Some(_) => Err(scope.key(
+                    "client_secret_env",
+                    format!("environment variable \"{name}\" is empty"),
+                )),
+                None => Err(scope.key(
+                    "client_secret_env",
+                    format!("environment variable \"{name}\" is not set"),
+                )),
+            },
+            SecretSource::File(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    scope.key(
+                        "client_secret_file",
+                        format!("cannot read \"{}\": {e}", path.display()),
+                    )
+                })?;
+                // Files written by `echo` or editors end in a newline that is not the secret.
+                let secret = text.trim_end_matches(['\n', '\r']);
+                if secret.is_empty() {
+                    return Err(scope.key(
+                        "client_secret_file",
+                        format!("\"{}\" is empty", path.display()),
+                    ));
+                }
+                Ok(SecretString::from(secret))
+            }
+            SecretSource::Inline(secret) => Ok(secret.clone()),
+        }
+    }
+
+    /// How `check-config` shows the source: never the secret itself.
+    pub fn describe(&self) -> String {
+        match self {
+            SecretSource::Env(name) => format!("env {name}"),
+            SecretSource::File(path) => format!("file {}", path.display()),
+            SecretSource::Inline(_) => "inline".to_owned(),
+        }
+    }
+}
+
+/// Where environment variables are read from: the process, or a fixed map (hermetic tests).
+/// Deliberately not `Debug`: a fixed map may hold secrets.
+#[derive(Clone, Default)]
+pub enum EnvSource {
+    #[default]
+    Process,
+    Fixed(HashMap<String, String>),
+}
+
+impl EnvSource {
+    fn var(&self, name: &str) -> Option<String> {
+        match self {
+            EnvSource::Process => std::env::var(name).ok(),
+            EnvSource::Fixed(vars) => vars.get(name).cloned(),
+        }
+    }
+
+    fn vars(&self) -> Vec<(String, String)> {
+        match self {
+            // Variables whose name or value is not UTF-8 cannot be ours; skip rather than panic.
+            EnvSource::Process => std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+                .collect(),
+            EnvSource::Fixed(vars) => vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        }
+    }
+}
+
+// ---- raw (serde) shapes ------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTop {
+    database: Option<config::Value>,
+    store: Option<config::Value>,
+    log: Option<config::Value>,
+    districts_dir: Option<String>,
+    #[serde(default)]
+    districts: Vec<config::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    url: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<String>,
+    level: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDistrict {
+    id: Option<String>,
+    base_url: Option<String>,
+    auth: Option<String>,
+    token_url: Option<String>,
+    client_id: Option<String>,
+    client_secret_env: Option<String>,
+    client_secret_file: Option<String>,
+    client_secret: Option<SecretString>,
+    scope: Option<String>,
+    interval: Option<String>,
+    full_interval: Option<String>,
+    page_size: Option<i64>,
+    dry_run: Option<bool>,
+    enabled: Option<bool>,
+    concurrency: Option<i64>,
+    connect_timeout: Option<String>,
+    request_timeout: Option<String>,
+    max_retries: Option<i64>,
+    run_timeout: Option<String>,
+    demographics: Option<bool>,
+}
+
+// ---- loading -----------------------------------------------------------------------------------
+
 impl Settings {
-    pub fn load(_path: &Path) -> Result<Settings, ConfigError> {
-        Err(ConfigError("not implemented".into()))
+    /// Loads `path`, applies the process environment's overrides, and validates everything.
+    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+        Self::load_with_env(path, &EnvSource::Process)
+    }
+
+    /// [`Settings::load`] with the environment taken from `env`.
+    pub fn load_with_env(path: &Path, env: &EnvSource) -> Result<Settings, ConfigError> {
+        let text = read_file("config file", path)?;
+        let base_dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        let mut settings = parse_settings(&text, &path.display().to_string(), base_dir, env)?;
+        settings.source = path.to_path_buf();
+        Ok(settings)
+    }
+
+    /// Parses a config given as a string; relative paths are resolved against `base_dir`. The
+    /// process environment's overrides still apply.
+    pub fn from_toml_str(toml: &str, base_dir: &Path) -> Result<Settings, ConfigError> {
+        Self::from_toml_str_with_env(toml, base_dir, &EnvSource::Process)
+    }
+
+    /// [`Settings::from_toml_str`] with the environment taken from `env`.
+    pub fn from_toml_str_with_env(
+        toml: &str,
+        base_dir: &Path,
+        env: &EnvSource,
+    ) -> Result<Settings, ConfigError> {
+        parse_settings(toml, "config file", base_dir, env)
     }
 
     pub fn district(&self, id: &str) -> Option<&DistrictConfig> {
         self.districts.iter().find(|d| d.id == id)
     }
+
+    /// The roster store's database: `[store]` if configured, else `[database]`.
+    pub fn store_settings(&self) -> &DatabaseSettings {
+        self.store.as_ref().unwrap_or(&self.database)
+    }
+
+    /// The district with its secret read now, from the process environment or its file. Needed
+    /// for a district with `enabled = false`, whose secret is not read at load time (so a
+    /// disabled district does not need its secret provisioned).
+    pub fn with_resolved_secret(&self, id: &str) -> Result<DistrictConfig, ConfigError> {
+        let scope = Scope::District {
+            id: Some(id.to_owned()),
+            origin: DistrictOrigin::Inline(0),
+        };
+        let mut district = self
+            .district(id)
+            .cloned()
+            .ok_or_else(|| ConfigError::Invalid {
+                scope: scope.clone(),
+                problem: "no such district".to_owned(),
+            })?;
+        let source = self
+            .secret_sources
+            .get(id)
+            .ok_or_else(|| ConfigError::Invalid {
+                scope: scope.clone(),
+                problem: "no secret source recorded".to_owned(),
+            })?;
+        district
+            .auth
+            .set_secret(source.resolve_in(&scope, &EnvSource::Process)?);
+        Ok(district)
+    }
+
+    /// What `check-config` prints: every setting, URLs with passwords redacted, secrets shown only
+    /// by where they come from.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail; the results are ignored for that reason.
+        if !self.source.as_os_str().is_empty() {
+            let _ = writeln!(out, "config: {}", self.source.display());
+        }
+        let _ = writeln!(out, "database: {}", self.database.redacted());
+        match &self.store {
+            Some(store) => {
+                let _ = writeln!(out, "store: {}", store.redacted());
+            }
+            None => out.push_str("store: same as database\n"),
+        }
+        let format = match self.log.format {
+            LogFormat::Json => "json",
+            LogFormat::Pretty => "pretty",
+        };
+        let _ = writeln!(out, "log: format = {format}, level = {}", self.log.level);
+        if let Some(dir) = &self.districts_dir {
+            let _ = writeln!(out, "districts_dir: {}", dir.display());
+        }
+        let _ = writeln!(out, "districts: {}", self.districts.len());
+        for d in &self.districts {
+            let h = |d: Duration| humantime::format_duration(d).to_string();
+            let _ = writeln!(out, "\ndistrict \"{}\"", d.id);
+            let _ = writeln!(out, "  enabled: {}", d.enabled);
+            let _ = writeln!(out, "  base_url: {}", d.base_url);
+            let _ = writeln!(out, "  auth: {}", d.auth.mode());
+            match &d.auth {
+                AuthConfig::OAuth2 {
+                    token_url,
+                    client_id,
+                    scope,
+                    ..
+                } => {
+                    let _ = writeln!(out, "  token_url: {token_url}");
+                    let _ = writeln!(out, "  client_id: {client_id}");
+                    let _ = writeln!(out, "  scope: {}", scope.as_deref().unwrap_or("(none)"));
+                }
+                AuthConfig::OAuth1 { client_id, .. } => {
+                    let _ = writeln!(out, "  client_id: {client_id}");
+                }
+                AuthConfig::Bearer { .. } => {}
+            }
+            let secret_key = match d.auth {
+                AuthConfig::Bearer { .. } => "token",
+                _ => "client_secret",
+            };
+            let source = self
+                .secret_sources
+                .get(&d.id)
+                .map_or_else(|| "(unknown)".to_owned(), SecretSource::describe);
+            let resolved = if d.enabled {
+                ""
+            } else {
+                " (not read: disabled)"
+            };
+            let _ = writeln!(out, "  {secret_key}: {source}{resolved}");
+            let _ = writeln!(out, "  interval: {}", h(d.interval));
+            let _ = writeln!(out, "  full_interval: {}", h(d.full_interval));
+            let _ = writeln!(out, "  page_size: {}", d.page_size);
+            let _ = writeln!(out, "  dry_run: {}", d.dry_run);
+            let _ = writeln!(out, "  concurrency: {}", d.concurrency);
+            let _ = writeln!(out, "  connect_timeout: {}", h(d.connect_timeout));
+            let _ = writeln!(out, "  request_timeout: {}", h(d.request_timeout));
+            let _ = writeln!(out, "  max_retries: {}", d.max_retries);
+            let _ = writeln!(out, "  run_timeout: {}", h(d.run_timeout));
+            let _ = writeln!(out, "  demographics: {}", d.demographics);
+        }
+        out
+    }
+}
+
+impl DatabaseSettings {
+    /// sqlx connection options for this URL.
+    pub fn connect_options(&self) -> Result<PgConnectOptions, ConfigError> {
+        // sqlx's parse error may quote the URL (and so the password): only say that it failed.
+        PgConnectOptions::from_str(self.url.expose_secret()).map_err(|_| ConfigError::DatabaseUrl {
+            problem: "not a valid Postgres connection URL".to_owned(),
+        })
+    }
+
+    /// The URL with any password (in the user info or a `password` query parameter) replaced by
+    /// `***`.
+    pub fn redacted(&self) -> String {
+        let Ok(mut url) = Url::parse(self.url.expose_secret()) else {
+            return "<unparseable URL>".to_owned();
+        };
+        if url.password().is_some() {
+            // Only fails for URLs that cannot have a password, which this one just had.
+            let _ = url.set_password(Some("***"));
+        }
+        if url.query_pairs().any(|(k, _)| k == "password") {
+            let pairs: Vec<(String, String)> = url
+                .query_pairs()
+                .map(|(k, v)| {
+                    let v = if k == "password" {
+                        "***".to_owned()
+                    } else {
+                        v.into_owned()
+                    };
+                    (k.into_owned(), v)
+                })
+                .collect();
+            url.query_pairs_mut().clear().extend_pairs(pairs);
+        }
+        url.to_string()
+    }
+}
+
+fn read_file(what: &'static str, path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError::Unreadable {
+        what,
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+fn parse_settings(
+    text: &str,
+    origin: &str,
+    base_dir: &Path,
+    env: &EnvSource,
+) -> Result<Settings, ConfigError> {
+    let mut builder = config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Toml));
+    // DATABASE_URL first so that ONEROSTER_SYNC__DATABASE__URL (a later source) wins over it.
+    if let Some(url) = env.var("DATABASE_URL").filter(|v| !v.is_empty()) {
+        let vars = [("DATABASE__URL".to_owned(), url)].into_iter().collect();
+        builder = builder.add_source(
+            config::Environment::default()
+                .separator(ENV_SEPARATOR)
+                .source(Some(vars)),
+        );
+    }
+    builder = builder.add_source(
+        config::Environment::with_prefix(ENV_PREFIX)
+            .separator(ENV_SEPARATOR)
+            .ignore_empty(true)
+            .source(Some(prefixed_env_vars(env)?)),
+    );
+    let merged = builder
+        .build()
+        .map_err(|e| syntax_error(e, text, origin, Scope::File))?;
+    let raw: RawTop = merged
+        .try_deserialize()
+        .map_err(|e| translate(e, &Scope::File))?;
+
+    let database = match raw.database {
+        Some(value) => parse_database(value, "database")?,
+        None => None,
+    }
+    .ok_or_else(|| {
+        Scope::Section("database").key(
+            "url",
+            "required (or set DATABASE_URL / ONEROSTER_SYNC__DATABASE__URL)",
+        )
+    })?;
+    let store = match raw.store {
+        Some(value) => parse_database(value, "store")?,
+        None => None,
+    };
+    let log = match raw.log {
+        Some(value) => parse_log(value)?,
+        None => LogSettings::default(),
+    };
+
+    let mut declared: Vec<(config::Value, DistrictOrigin, Option<String>)> = raw
+        .districts
+        .into_iter()
+        .enumerate()
+        .map(|(i, value)| (value, DistrictOrigin::Inline(i + 1), None))
+        .collect();
+    let districts_dir = match raw.districts_dir {
+        Some(dir) => {
+            let resolved = base_dir.join(&dir);
+            declared.extend(read_districts_dir(&dir, &resolved)?);
+            Some(resolved)
+        }
+        None => None,
+    };
+
+    let mut districts = Vec::with_capacity(declared.len());
+    let mut secret_sources = BTreeMap::new();
+    let mut origins: HashMap<String, DistrictOrigin> = HashMap::new();
+    for (value, origin, default_id) in declared {
+        let (district, secret_source) = parse_district(value, &origin, default_id, base_dir, env)?;
+        if let Some(first) = origins.get(&district.id) {
+            return Err(ConfigError::InvalidKey {
+                scope: Scope::district(&district.id, &origin),
+                key: "id".to_owned(),
+                problem: format!("duplicate id (also declared {})", describe_origin(first)),
+            });
+        }
+        origins.insert(district.id.clone(), origin);
+        secret_sources.insert(district.id.clone(), secret_source);
+        districts.push(district);
+    }
+
+    Ok(Settings {
+        database,
+        store,
+        log,
+        districts,
+        source: PathBuf::new(),
+        districts_dir,
+        secret_sources,
+    })
+}
+
+fn describe_origin(origin: &DistrictOrigin) -> String {
+    match origin {
+        DistrictOrigin::Inline(n) => format!("in inline [[districts]] #{n}"),
+        DistrictOrigin::File(file) => format!("in file \"{file}\""),
+    }
+}
+
+/// The `ONEROSTER_SYNC__*` variables, refusing any that does not name a `[database]`, `[store]`
+/// or `[log]` key (a typo would otherwise be silently ignored).
+fn prefixed_env_vars(env: &EnvSource) -> Result<config::Map<String, String>, ConfigError> {
+    let prefix = format!("{ENV_PREFIX}{ENV_SEPARATOR}");
+    let mut vars = config::Map::new();
+    for (name, value) in env.vars() {
+        let Some(rest) = name.strip_prefix(&prefix) else {
+            continue;
+        };
+        let parts: Vec<&str> = rest.split(ENV_SEPARATOR).collect();
+        let known = matches!(parts.as_slice(), [section, key]
+            if ENV_SECTIONS.contains(&section.to_ascii_lowercase().as_str()) && !key.is_empty());
+        if !known {
+            return Err(ConfigError::Invalid {
+                scope: Scope::EnvVar(name.clone()),
+                problem: format!(
+                    "only [database], [store] and [log] keys can be overridden, as \
+                     {prefix}<SECTION>{ENV_SEPARATOR}<KEY>"
+                ),
+            });
+        }
+        vars.insert(name, value);
+    }
+    Ok(vars)
+}
+
+fn read_districts_dir(
+    declared: &str,
+    dir: &Path,
+) -> Result<Vec<(config::Value, DistrictOrigin, Option<String>)>, ConfigError> {
+    let unreadable = |e: std::io::Error| {
+        Scope::File.key(
+            "districts_dir",
+            format!("cannot read directory \"{}\": {e}", dir.display()),
+        )
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(unreadable)?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<Result<_, _>>()
+        .map_err(unreadable)?;
+    files.retain(|p| p.extension().is_some_and(|ext| ext == "toml") && p.is_file());
+    // Sorted by file name so the district order (and so logs and check-config) is stable.
+    files.sort();
+
+    let mut out = Vec::with_capacity(files.len());
+    for path in files {
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let shown = format!("{}/{file_name}", declared.trim_end_matches('/'));
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let text = read_file("district file", &path)?;
+        let origin_text = format!("district file \"{shown}\"");
+        let scope = Scope::District {
+            id: Some(stem.clone()),
+            origin: DistrictOrigin::File(shown.clone()),
+        };
+        let table = config::Config::builder()
+            .add_source(config::File::from_str(&text, config::FileFormat::Toml))
+            .build()
+            .map_err(|e| syntax_error(e, &text, &origin_text, scope.clone()))?
+            .try_deserialize::<config::Value>()
+            .map_err(|e| translate(e, &scope))?;
+        out.push((table, DistrictOrigin::File(shown), Some(stem)));
+    }
+    Ok(out)
+}
+
+fn parse_database(
+    value: config::Value,
+    section: &'static str,
+) -> Result<Option<DatabaseSettings>, ConfigError> {
+    let scope = Scope::Section(section);
+    let raw: RawDatabase = value.try_deserialize().map_err(|e| translate(e, &scope))?;
+    let Some(url) = raw.url else {
+        return Ok(None);
+    };
+    // The URL may carry a password: no message below quotes it.
+    let parsed =
+        Url::parse(&url).map_err(|e| scope.key("url", format!("not a valid URL ({e})")))?;
+    if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+        return Err(scope.key(
+            "url",
+            format!(
+                "must be a postgres:// or postgresql:// URL (got scheme \"{}\")",
+                parsed.scheme()
+            ),
+        ));
+    }
+    let settings = DatabaseSettings {
+        url: SecretString::from(url),
+    };
+    settings
+        .connect_options()
+        .map_err(|_| scope.key("url", "not a valid Postgres connection URL"))?;
+    Ok(Some(settings))
+}
+
+fn parse_log(value: config::Value) -> Result<LogSettings, ConfigError> {
+    let scope = Scope::Section("log");
+    let raw: RawLog = value.try_deserialize().map_err(|e| translate(e, &scope))?;
+    let format = match raw.format.as_deref() {
+        None | Some("json") => LogFormat::Json,
+        Some("pretty") => LogFormat::Pretty,
+        Some(other) => {
+            return Err(scope.key(
+                "format",
+                format!("must be \"json\" or \"pretty\" (got \"{other}\")"),
+            ));
+        }
+    };
+    let level = raw.level.unwrap_or_else(|| defaults::LOG_LEVEL.to_owned());
+    tracing_subscriber::EnvFilter::try_new(&level)
+        .map_err(|e| scope.key("level", format!("not a valid filter ({e})")))?;
+    Ok(LogSettings { format, level })
+}
+
+fn parse_district(
+    value: config::Value,
+    origin: &DistrictOrigin,
+    default_id: Option<String>,
+    base_dir: &Path,
+    env: &EnvSource,
+) -> Result<(DistrictConfig, SecretSource), ConfigError> {
+    // Read the id first so that even a deserialization error can name the district.
+    let declared_id = value
+        .clone()
+        .into_table()
+        .ok()
+        .and_then(|t| t.get("id").cloned())
+        .and_then(|v| v.into_string().ok());
+    let scope = Scope::District {
+        id: declared_id.or_else(|| default_id.clone()),
+        origin: origin.clone(),
+    };
+    let raw: RawDistrict = value.try_deserialize().map_err(|e| translate(e, &scope))?;
+
+    let id = raw
+        .id
+        .or(default_id)
+        .ok_or_else(|| scope.key("id", "required"))?;
+    if id.is_empty()
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    {
+        return Err(scope.key(
+            "id",
+            format!("must match [a-z0-9_-]+ (got \"{}\")", id.escape_debug()),
+        ));
+    }
+    let scope = Scope::district(&id, origin);
+
+    let base_url = http_url(
+        &scope,
+        "base_url",
+        raw.base_url
+            .ok_or_else(|| scope.key("base_url", "required"))?,
+    )?;
+    let base_url = without_trailing_slash(base_url);
+
+    let mode = raw.auth.as_deref().unwrap_or("oauth2");
+    let secret_source = secret_source(
+        &scope,
+        raw.client_secret_env,
+        raw.client_secret_file,
+        raw.client_secret,
+        base_dir,
+    )?;
+    let enabled = raw.enabled.unwrap_or(defaults::ENABLED);
+    // A disabled district is never synced, so its secret need not be provisioned yet.
+    let secret = if enabled {
+        secret_source.resolve_in(&scope, env)?
+    } else {
+        SecretString::default()
+    };
+    let auth = match mode {
+        "oauth2" => AuthConfig::OAuth2 {
+            token_url: http_url(
+                &scope,
+                "token_url",
+                raw.token_url
+                    .ok_or_else(|| scope.key("token_url", "required when auth = \"oauth2\""))?,
+            )?,
+            client_id: required_client_id(&scope, raw.client_id, mode)?,
+            client_secret: secret,
+            scope: raw.scope,
+        },
+        "bearer" | "oauth1" => {
+            if raw.token_url.is_some() {
+                return Err(scope.key(
+                    "token_url",
+                    format!("only used with auth = \"oauth2\" (auth is \"{mode}\")"),
+                ));
+            }
+            if raw.scope.is_some() {
+                return Err(scope.key(
+                    "scope",
+                    format!("only used with auth = \"oauth2\" (auth is \"{mode}\")"),
+                ));
+            }
+            if mode == "bearer" {
+                // client_id is accepted for bearer (operators keep it for reference) but unused.
+                AuthConfig::Bearer { token: secret }
+            } else {
+                AuthConfig::OAuth1 {
+                    client_id: required_client_id(&scope, raw.client_id, mode)?,
+                    client_secret: secret,
+                }
+            }
+        }
+        other => {
+            return Err(scope.key(
+                "auth",
+                format!(
+                    "must be \"oauth2\", \"bearer\" or \"oauth1\" (got \"{}\")",
+                    other.escape_debug()
+                ),
+            ));
+        }
+    };
+
+    let interval = duration(&scope, "interval", raw.interval, defaults::INTERVAL)?;
+    let full_interval = duration(
+        &scope,
+        "full_interval",
+        raw.full_interval,
+        defaults::FULL_INTERVAL,
+    )?;
+    if full_interval < interval {
+        return Err(scope.key(
+            "full_interval",
+            format!(
+                "must be at least interval ({} < {})",
+                humantime::format_duration(full_interval),
+                humantime::format_duration(interval)
+            ),
+        ));
+    }
+    let district = DistrictConfig {
+        base_url,
+        auth,
+        interval,
+        full_interval,
+        page_size: in_range(
+            &scope,
+            "page_size",
+            raw.page_size,
+            defaults::PAGE_SIZE,
+            PAGE_SIZE_RANGE,
+        )?,
+        dry_run: raw.dry_run.unwrap_or(defaults::DRY_RUN),
+        enabled,
+        concurrency: in_range(
+            &scope,
+            "concurrency",
+            raw.concurrency,
+            defaults::CONCURRENCY,
+            CONCURRENCY_RANGE,
+        )?,
+        connect_timeout: duration(
+            &scope,
+            "connect_timeout",
+            raw.connect_timeout,
+            defaults::CONNECT_TIMEOUT,
+        )?,
+        request_timeout: duration(
+            &scope,
+            "request_timeout",
+            raw.request_timeout,
+            defaults::REQUEST_TIMEOUT,
+        )?,
+        max_retries: in_range(
+            &scope,
+            "max_retries",
+            raw.max_retries,
+            defaults::MAX_RETRIES,
+            MAX_RETRIES_RANGE,
+        )?,
+        run_timeout: duration(
+            &scope,
+            "run_timeout",
+            raw.run_timeout,
+            defaults::RUN_TIMEOUT,
+        )?,
+        demographics: raw.demographics.unwrap_or(defaults::DEMOGRAPHICS),
+        id,
+    };
+    Ok((district, secret_source))
+}
+
+fn required_client_id(
+    scope: &Scope,
+    client_id: Option<String>,
+    mode: &str,
+) -> Result<String, ConfigError> {
+    match client_id {
+        Some(id) if !id.is_empty() => Ok(id),
+        Some(_) => Err(scope.key("client_id", "must not be empty")),
+        None => Err(scope.key("client_id", format!("required when auth = \"{mode}\""))),
+    }
+}
+
+fn secret_source(
+    scope: &Scope,
+    env: Option<String>,
+    file: Option<String>,
+    inline: Option<SecretString>,
+    base_dir: &Path,
+) -> Result<SecretSource, ConfigError> {
+    let given: Vec<&str> = [
+        env.as_ref().map(|_| "client_secret_env"),
+        file.as_ref().map(|_| "client_secret_file"),
+        inline.as_ref().map(|_| "client_secret"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if given.len() > 1 {
+        return Err(scope.key(
+            given[1],
+            format!(
+                "exactly one of client_secret_env, client_secret_file, client_secret may be \
+                 set (got {})",
+                given.join(" and ")
+            ),
+        ));
+    }
+    match (env, file, inline) {
+        (Some(name), _, _) => {
+            let valid = name
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !valid {
+                return Err(scope.key(
+                    "client_secret_env",
+                    format!(
+                        "not an environment variable name (got \"{}\")",
+                        name.escape_debug()
+                    ),
+                ));
+            }
+            Ok(SecretSource::Env(name))
+        }
+        (None, Some(file), _) if file.is_empty() => {
+            Err(scope.key("client_secret_file", "must not be empty"))
+        }
+        (None, Some(file), _) => Ok(SecretSource::File(base_dir.join(file))),
+        (None, None, Some(secret)) if secret.expose_secret().is_empty() => {
+            Err(scope.key("client_secret", "must not be empty"))
+        }
+        (None, None, Some(secret)) => Ok(SecretSource::Inline(secret)),
+        (None, None, None) => Err(scope.key(
+            "client_secret_env",
+            "one of client_secret_env, client_secret_file or client_secret is required",
+        )),
+    }
+}
+
+/// An `https://` URL, or `http://` to a loopback host (the local simulator, a sidecar proxy).
+fn http_url(scope: &Scope, key: &str, text: String) -> Result<Url, ConfigError> {
+    let url = Url::parse(&text).map_err(|e| scope.key(key, format!("not a valid URL ({e})")))?;
+    // Credentials in a URL would be printed wherever the URL is: refuse them.
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(scope.key(key, "must not contain a user name or password"));
+    }
+    let host = url
+        .host()
+        .ok_or_else(|| scope.key(key, "must have a host"))?;
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if is_loopback(&host) => Ok(url),
+        "http" => Err(scope.key(
+            key,
+            format!("plain http:// is only allowed for loopback hosts (got host \"{host}\")"),
+        )),
+        other => Err(scope.key(
+            key,
+            format!("must be an https:// URL (got scheme \"{other}\")"),
+        )),
+    }
+}
+
+fn is_loopback(host: &Host<&str>) -> bool {
+    match host {
+        Host::Domain(name) => name.eq_ignore_ascii_case("localhost"),
+        Host::Ipv4(ip) => ip.is_loopback(),
+        Host::Ipv6(ip) => ip.is_loopback(),
+    }
+}
+
+/// Paths are appended to the base URL (`{base_url}/users`): a trailing slash would double it.
+fn without_trailing_slash(mut url: Url) -> Url {
+    let path = url.path().trim_end_matches('/').to_owned();
+    if !path.is_empty() {
+        url.set_path(&path);
+    }
+    url
+}
+
+fn duration(
+    scope: &Scope,
+    key: &str,
+    text: Option<String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let Some(text) = text else {
+        return Ok(default);
+    };
+    let value = humantime::parse_duration(&text).map_err(|e| {
+        scope.key(
+            key,
+            format!(
+                "not a duration ({e}; got \"{}\", expected e.g. \"90s\", \"15m\", \"1h\")",
+                text.escape_debug()
+            ),
+        )
+    })?;
+    if value.is_zero() {
+        return Err(scope.key(key, "must be greater than zero"));
+    }
+    Ok(value)
+}
+
+fn in_range<T: TryFrom<i64>>(
+    scope: &Scope,
+    key: &str,
+    value: Option<i64>,
+    default: T,
+    (min, max): (i64, i64),
+) -> Result<T, ConfigError> {
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    if !(min..=max).contains(&value) {
+        return Err(scope.key(
+            key,
+            format!("must be between {min} and {max} (got {value})"),
+        ));
+    }
+    T::try_from(value).map_err(|_| scope.key(key, format!("out of range (got {value})")))
+}
+
+// ---- turning the config crate's errors into ours -----------------------------------------------
+
+/// A build error: a TOML syntax error becomes [`ConfigError::Syntax`] with the position but
+/// without the parser's source excerpt (the line could hold a secret).
+fn syntax_error(err: config::ConfigError, text: &str, origin: &str, scope: Scope) -> ConfigError {
+    if let config::ConfigError::FileParse { cause, .. } = &err {
+        if let Some(toml_err) = cause.downcast_ref::<toml::de::Error>() {
+            let (line, column) = toml_err
+                .span()
+                .map_or((0, 0), |span| line_and_column(text, span.start));
+            return ConfigError::Syntax {
+                origin: origin.to_owned(),
+                line,
+                column,
+                message: toml_err.message().trim().to_owned(),
+            };
+        }
+        return ConfigError::Syntax {
+            origin: origin.to_owned(),
+            line: 0,
+            column: 0,
+            message: strip_literals(&cause.to_string()),
+        };
+    }
+    translate(err, &scope)
+}
+
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// A deserialization error, named by scope and key, with no value from the config in it.
+fn translate(err: config::ConfigError, scope: &Scope) -> ConfigError {
+    translate_at(err, scope, None)
+}
+
+fn translate_at(err: config::ConfigError, scope: &Scope, at: Option<String>) -> ConfigError {
+    match err {
+        config::ConfigError::At { error, key, .. } => translate_at(*error, scope, key.or(at)),
+        config::ConfigError::Type {
+            unexpected,
+            expected,
+            key,
+            ..
+        } => {
+            // `unexpected` displays the value itself (e.g. string "..."): keep only its kind.
+            let shown = unexpected.to_string();
+            let kind = shown.split(['`', '"']).next().unwrap_or("").trim();
+            scope.key(
+                &leaf_key(key.or(at).as_deref()),
+                format!("expected {expected}, got {kind}"),
+            )
+        }
+        config::ConfigError::NotFound(key) => scope.key(&leaf_key(Some(&key)), "required"),
+        config::ConfigError::Message(message) => {
+            if let Some(key) = backticked_after(&message, "unknown field ") {
+                let key = match at {
+                    Some(parent) => format!("{}.{key}", leaf_key(Some(&parent))),
+                    None => key,
+                };
+                return ConfigError::UnknownKey {
+                    scope: scope.clone(),
+                    key,
+                };
+            }
+            if let Some(key) = backticked_after(&message, "missing field ") {
+                return scope.key(&key, "required");
+            }
+            let problem = strip_literals(&message);
+            match at {
+                Some(key) => scope.key(&leaf_key(Some(&key)), problem),
+                None => ConfigError::Invalid {
+                    scope: scope.clone(),
+                    problem,
+                },
+            }
+        }
+        other => ConfigError::Invalid {
+            scope: scope.clone(),
+            problem: strip_literals(&other.to_string()),
+        },
+    }
+}
+
+/// Sections and districts are deserialized one by one, so keys here are already relative to the
+/// scope; a key the config crate did not report is shown as `?`.
+fn leaf_key(key: Option<&str>) -> String {
+    match key {
+        Some(k) if !k.is_empty() => k.to_owned(),
+        _ => "?".to_owned(),
+    }
+}
+
+fn backticked_after(message: &str, marker: &str) -> Option<String> {
+    let rest = message.split_once(marker)?.1.strip_prefix('`')?;
+    Some(rest.split_once('`')?.0.to_owned())
+}
+
+/// Removes quoted literals from a foreign error message: they may be values from the config.
+fn strip_literals(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut quote: Option<char> = None;
+    for c in message.chars() {
+        match quote {
+            Some(q) if c == q => {
+                out.push('…');
+                out.push(c);
+                quote = None;
+            }
+            Some(_) => {}
+            None if c == '`' || c == '"' => {
+                out.push(c);
+                quote = Some(c);
+            }
+            None => out.push(c),
+        }
+    }
+    out
 }

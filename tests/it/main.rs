@@ -1,5 +1,6 @@
 //! All integration tests, in one binary so they link once.
 
+mod config;
 mod migrations;
 mod support;
 mod sync;
