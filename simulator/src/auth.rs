@@ -78,7 +78,8 @@ impl IssuedTokens {
         let token = format!("sim-oauth2-{}-{nonce:016x}", self.issued);
         let now = Instant::now();
         // Forget long-expired tokens so a long benchmark does not grow the map forever.
-        self.tokens.retain(|_, exp| *exp + Duration::from_secs(3600) > now);
+        self.tokens
+            .retain(|_, exp| *exp + Duration::from_secs(3600) > now);
         self.tokens.insert(token.clone(), now + ttl);
         token
     }
@@ -199,7 +200,11 @@ fn verify_oauth1(
 
     let query: Vec<(String, String)> = req
         .raw_query
-        .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
         .unwrap_or_default();
     let base = signature_base_string(&req.url_without_query, &query, &oauth);
     let key = format!("{}&", pct(&creds.client_secret));

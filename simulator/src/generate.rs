@@ -67,23 +67,85 @@ impl Counts {
 }
 
 pub(crate) const GIVEN_NAMES: &[&str] = &[
-    "José", "Zoë", "Søren", "Aaliyah", "Mateo", "Ngọc", "Liam", "Olivia", "Chloé", "Björn",
-    "Siobhán", "Wei", "Priya", "Kwame", "Émilie", "Noah", "Ava", "Jürgen", "Fatima", "Dmitri",
-    "Ana-María", "Hiroshi", "Léa", "Mohammed", "Grace", "Iñaki", "Zainab", "Ethan", "Mia", "Øystein",
+    "José",
+    "Zoë",
+    "Søren",
+    "Aaliyah",
+    "Mateo",
+    "Ngọc",
+    "Liam",
+    "Olivia",
+    "Chloé",
+    "Björn",
+    "Siobhán",
+    "Wei",
+    "Priya",
+    "Kwame",
+    "Émilie",
+    "Noah",
+    "Ava",
+    "Jürgen",
+    "Fatima",
+    "Dmitri",
+    "Ana-María",
+    "Hiroshi",
+    "Léa",
+    "Mohammed",
+    "Grace",
+    "Iñaki",
+    "Zainab",
+    "Ethan",
+    "Mia",
+    "Øystein",
 ];
 
 pub(crate) const FAMILY_NAMES: &[&str] = &[
-    "Nguyễn", "O'Brien", "García", "Smith", "Müller", "Johansson", "Kowalski", "Okafor", "Chen",
-    "Patel", "Dubois", "Hernández", "Johnson", "Søndergaard", "Van der Berg", "Kim", "Rossi",
-    "Ivanova", "Yılmaz", "MacDonald", "Tanaka", "Brown", "Da Silva", "Łukasiewicz", "Ali",
-    "Williams", "Peña", "Fitzgerald-Jones", "Schröder", "Abebe",
+    "Nguyễn",
+    "O'Brien",
+    "García",
+    "Smith",
+    "Müller",
+    "Johansson",
+    "Kowalski",
+    "Okafor",
+    "Chen",
+    "Patel",
+    "Dubois",
+    "Hernández",
+    "Johnson",
+    "Søndergaard",
+    "Van der Berg",
+    "Kim",
+    "Rossi",
+    "Ivanova",
+    "Yılmaz",
+    "MacDonald",
+    "Tanaka",
+    "Brown",
+    "Da Silva",
+    "Łukasiewicz",
+    "Ali",
+    "Williams",
+    "Peña",
+    "Fitzgerald-Jones",
+    "Schröder",
+    "Abebe",
 ];
 
 const MIDDLE_NAMES: &[&str] = &["", "", "", "Marie", "James", "Ann", "Lee", "José", "Renée"];
 
 pub(crate) const CITIES: &[&str] = &[
-    "New York", "Miami", "São Paulo", "Hà Nội", "Ciudad de México", "Lagos", "Chicago",
-    "Zürich", "Port-au-Prince", "Kraków", "",
+    "New York",
+    "Miami",
+    "São Paulo",
+    "Hà Nội",
+    "Ciudad de México",
+    "Lagos",
+    "Chicago",
+    "Zürich",
+    "Port-au-Prince",
+    "Kraków",
+    "",
 ];
 
 const SUBJECTS: &[(&str, &str)] = &[
@@ -136,7 +198,14 @@ fn earlier(rng: &mut ChaCha8Rng, clock: DateTime<Utc>) -> DateTime<Utc> {
 fn guid(rng: &mut ChaCha8Rng) -> String {
     let a: u128 = rng.random();
     let h = format!("{a:032x}");
-    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 fn status(rng: &mut ChaCha8Rng, per_thousand: u32) -> Status {
@@ -254,7 +323,11 @@ fn demographics(
         status: Status::Active,
         date_last_modified: dlm,
         metadata: ext_flags(rng),
-        birth_date: date(birth_year, rng.random_range(1..=12), rng.random_range(1..=28)),
+        birth_date: date(
+            birth_year,
+            rng.random_range(1..=12),
+            rng.random_range(1..=28),
+        ),
         sex: pick_sex(rng),
         american_indian_or_alaska_native: races[0],
         asian: races[1],
@@ -325,7 +398,12 @@ pub fn generate(seed: u64, counts: &Counts) -> Dataset {
         children: school_ids.clone(),
         extra: Fields::new(),
     }];
-    let levels = ["Elementary School", "Middle School", "High School", "Academy"];
+    let levels = [
+        "Elementary School",
+        "Middle School",
+        "High School",
+        "Academy",
+    ];
     for (i, id) in school_ids.iter().enumerate() {
         let family = FAMILY_NAMES[i % FAMILY_NAMES.len()];
         orgs.push(Org {
@@ -534,7 +612,11 @@ pub fn generate(seed: u64, counts: &Counts) -> Dataset {
         } else {
             Periods::List(vec![period.to_string()])
         };
-        let subject = course.subjects.first().cloned().unwrap_or(Cow::Borrowed(""));
+        let subject = course
+            .subjects
+            .first()
+            .cloned()
+            .unwrap_or(Cow::Borrowed(""));
         classes_by_school[school].push(c);
         classes.push(Class {
             sourced_id: format!("cls-{c:07}"),
@@ -611,7 +693,8 @@ pub fn generate(seed: u64, counts: &Counts) -> Dataset {
         let grade = (s / n_schools) % 13;
         let id = student_id(s);
         let dlm = earlier(&mut rng, clock);
-        let (mut user, demo) = new_student(&mut rng, id.clone(), s, &school_ids[school], grade, dlm);
+        let (mut user, demo) =
+            new_student(&mut rng, id.clone(), s, &school_ids[school], grade, dlm);
         user.status = status(&mut rng, 5);
         users.push(user);
         demographics_list.push(demo);

@@ -177,7 +177,9 @@ fn day_of_churn(data: &mut Dataset, seed: u64) -> ChangeLog {
         if let Some(u) = find_mut(&mut data.users, id) {
             u.status = Status::ToBeDeleted;
             u.date_last_modified = now;
-            log.entry(Collection::Users).marked_tobedeleted.push(id.clone());
+            log.entry(Collection::Users)
+                .marked_tobedeleted
+                .push(id.clone());
         }
     }
 
@@ -221,7 +223,10 @@ fn day_of_churn(data: &mut Dataset, seed: u64) -> ChangeLog {
     let mut classes_by_school: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, c) in data.classes.iter().enumerate() {
         if c.status == Status::Active {
-            classes_by_school.entry(c.school.as_str()).or_default().push(i);
+            classes_by_school
+                .entry(c.school.as_str())
+                .or_default()
+                .push(i);
         }
     }
     // Ids carry the (strictly increasing) clock so repeated churns never collide.
@@ -264,7 +269,9 @@ fn day_of_churn(data: &mut Dataset, seed: u64) -> ChangeLog {
 
     // New students, each with demographics and enrollments in classes of their school.
     let schools: Vec<&str> = classes_by_school.keys().copied().collect();
-    let per_student = 8.min(data.enrollments.len() / data.demographics.len().max(1)).max(1);
+    let per_student = 8
+        .min(data.enrollments.len() / data.demographics.len().max(1))
+        .max(1);
     for n in 0..portion {
         let Some(&school) = schools.choose(&mut rng) else {
             break;
@@ -276,7 +283,9 @@ fn day_of_churn(data: &mut Dataset, seed: u64) -> ChangeLog {
         data.users.push(user);
         data.demographics.push(demo);
         log.entry(Collection::Users).created.push(uid.clone());
-        log.entry(Collection::Demographics).created.push(uid.clone());
+        log.entry(Collection::Demographics)
+            .created
+            .push(uid.clone());
         let mut candidates = classes_by_school.get(school).cloned().unwrap_or_default();
         candidates.shuffle(&mut rng);
         for &ci in candidates.iter().take(per_student) {
@@ -301,7 +310,9 @@ fn day_of_churn(data: &mut Dataset, seed: u64) -> ChangeLog {
     if let Some(class) = active.choose(&mut rng).map(|&i| &mut data.classes[i]) {
         class.title = format!("{} (renamed)", class.title);
         class.date_last_modified = now;
-        log.entry(Collection::Classes).updated.push(class.sourced_id.clone());
+        log.entry(Collection::Classes)
+            .updated
+            .push(class.sourced_id.clone());
     }
 
     // Demographics changes the product imports: sex or a race flag.

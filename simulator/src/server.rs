@@ -114,7 +114,10 @@ pub(crate) fn router(sim: Sim) -> Router {
         .route(&format!("{BASE_PATH}/{{collection}}/{{id}}"), get(single))
         .route("/oauth2/token", post(token))
         .route("/__sim/scenario", post(control_scenario))
-        .route("/__sim/faults", post(control_faults).get(control_get_faults))
+        .route(
+            "/__sim/faults",
+            post(control_faults).get(control_get_faults),
+        )
         .route("/__sim/stats", get(control_stats))
         .route("/__sim/reset_stats", post(control_reset_stats))
         .with_state(sim)
@@ -217,9 +220,9 @@ fn parse_list_query(raw: Option<&str>) -> Result<ListQuery, ImsxError> {
                     .map_err(|_| ImsxError::bad_request("invalid_data", "limit must be a number"))?
             }
             "offset" => {
-                q.offset = value
-                    .parse()
-                    .map_err(|_| ImsxError::bad_request("invalid_data", "offset must be a number"))?
+                q.offset = value.parse().map_err(|_| {
+                    ImsxError::bad_request("invalid_data", "offset must be a number")
+                })?
             }
             "sort" if value != "sourcedId" => {
                 return Err(ImsxError::bad_request(
@@ -287,7 +290,10 @@ fn invalid_filter(why: &str) -> ImsxError {
 fn parse_filter(text: &str, known: &[&str]) -> Result<Filter, ImsxError> {
     let split = |sep: &str| text.split_once(sep);
     if let Some((a, b)) = split(" AND ") {
-        Ok(Filter::And(parse_clause(a, known)?, parse_clause(b, known)?))
+        Ok(Filter::And(
+            parse_clause(a, known)?,
+            parse_clause(b, known)?,
+        ))
     } else if let Some((a, b)) = split(" OR ") {
         Ok(Filter::Or(parse_clause(a, known)?, parse_clause(b, known)?))
     } else {
@@ -318,7 +324,8 @@ fn parse_clause(text: &str, known: &[&str]) -> Result<Clause, ImsxError> {
     let value = rest
         .strip_prefix('\'')
         .and_then(|v| v.strip_suffix('\''))
-        .ok_or_else(|| invalid_filter("value must be in single quotes"))?;
+        .filter(|v| !v.contains('\''))
+        .ok_or_else(|| invalid_filter("value must be one single-quoted string"))?;
     if !known.contains(&field) {
         return Err(invalid_filter("unknown field"));
     }
@@ -438,7 +445,12 @@ fn render_page<R: WireRecord>(
                 .map(ordered)
                 .filter(|r| filter_matches(filter, *r))
                 .collect();
-            let page = matching.iter().skip(q.offset).take(limit).copied().collect();
+            let page = matching
+                .iter()
+                .skip(q.offset)
+                .take(limit)
+                .copied()
+                .collect();
             (matching.len(), page)
         }
     };
@@ -449,10 +461,18 @@ fn render_page<R: WireRecord>(
     let count = page.len();
     let envelope = Envelope {
         key,
-        page: PageOnWire { records: page, ctx: &ctx },
+        page: PageOnWire {
+            records: page,
+            ctx: &ctx,
+        },
     };
-    let body = serde_json::to_vec(&envelope)
-        .map_err(|e| ImsxError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_server_error", e.to_string()))?;
+    let body = serde_json::to_vec(&envelope).map_err(|e| {
+        ImsxError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_server_error",
+            e.to_string(),
+        )
+    })?;
     Ok(Page { body, total, count })
 }
 
@@ -489,11 +509,21 @@ fn render_one<R: WireRecord>(
         fields,
     };
     let mut m = serde_json::Map::new();
-    let value = serde_json::to_value(OnWire { record, ctx: &ctx })
-        .map_err(|e| ImsxError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_server_error", e.to_string()))?;
+    let value = serde_json::to_value(OnWire { record, ctx: &ctx }).map_err(|e| {
+        ImsxError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_server_error",
+            e.to_string(),
+        )
+    })?;
     m.insert(key.to_string(), value);
-    serde_json::to_vec(&m)
-        .map_err(|e| ImsxError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_server_error", e.to_string()))
+    serde_json::to_vec(&m).map_err(|e| {
+        ImsxError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_server_error",
+            e.to_string(),
+        )
+    })
 }
 
 /// Dispatches over the typed collections.
@@ -538,12 +568,7 @@ struct Admission {
     delay: Option<std::time::Duration>,
 }
 
-fn admit(
-    sim: &Sim,
-    segment: &str,
-    headers: &HeaderMap,
-    uri: &Uri,
-) -> Result<Admission, Response> {
+fn admit(sim: &Sim, segment: &str, headers: &HeaderMap, uri: &Uri) -> Result<Admission, Response> {
     let mut control = sim.control();
     control.stats.total += 1;
     *control
@@ -566,7 +591,11 @@ fn admit(
         now_unix: Utc::now().timestamp(),
     };
     if let Err(e) = auth::authenticate(&request, &sim.config.credentials, &control.tokens) {
-        let r = ImsxError::new(StatusCode::UNAUTHORIZED, "unauthorisedrequest", e.to_string());
+        let r = ImsxError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorisedrequest",
+            e.to_string(),
+        );
         return Err(r.into_response());
     }
     drop(control);
@@ -586,8 +615,7 @@ async fn finish(sim: &Sim, response: Response, delay: Option<std::time::Duration
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
     }
-    *sim
-        .control()
+    *sim.control()
         .stats
         .per_status
         .entry(response.status().as_u16())
@@ -691,7 +719,11 @@ async fn single(
         let q = parse_list_query(uri.query())?;
         let state = sim.read();
         if state.outage {
-            return Err(ImsxError::new(StatusCode::NOT_FOUND, "unknownobject", "no such object"));
+            return Err(ImsxError::new(
+                StatusCode::NOT_FOUND,
+                "unknownobject",
+                "no such object",
+            ));
         }
         let key = collection.singular();
         let body = with_records!(state.dataset, collection, |records| render_one(
@@ -718,11 +750,7 @@ fn oauth_error(status: StatusCode, error: &str) -> Response {
 async fn token(State(sim): State<Sim>, headers: HeaderMap, body: Bytes) -> Response {
     sim.control().stats.token_requests += 1;
     let form: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
-    let field = |name: &str| {
-        form.iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-    };
+    let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     if field("grant_type").as_deref() != Some("client_credentials") {
         return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type");
     }
@@ -765,8 +793,12 @@ fn loopback_only(peer: SocketAddr) -> Result<(), Response> {
     if peer.ip().is_loopback() {
         Ok(())
     } else {
-        Err(ImsxError::new(StatusCode::FORBIDDEN, "forbidden", "control API is loopback only")
-            .into_response())
+        Err(ImsxError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "control API is loopback only",
+        )
+        .into_response())
     }
 }
 

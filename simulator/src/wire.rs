@@ -8,8 +8,8 @@ use std::collections::HashSet;
 use std::fmt;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use serde::ser::{SerializeMap, SerializeSeq, Serializer};
 use serde::Serialize;
+use serde::ser::{SerializeMap, SerializeSeq, Serializer};
 
 use crate::model::{
     AcademicSession, Class, Collection, Course, Demographics, Enrollment, Fields, Org, Periods,
@@ -149,7 +149,12 @@ impl Serialize for GuidRef<'_> {
         let mut m = s.serialize_map(Some(3))?;
         m.serialize_entry(
             "href",
-            &format!("{}/{}/{}", self.base, self.target.collection.path(), self.id),
+            &format!(
+                "{}/{}/{}",
+                self.base,
+                self.target.collection.path(),
+                self.id
+            ),
         )?;
         m.serialize_entry("sourcedId", self.id)?;
         m.serialize_entry("type", self.target.ref_type)?;
@@ -435,9 +440,15 @@ impl WireRecord for Demographics {
             "demographicRaceTwoOrMoreRaces",
             self.demographic_race_two_or_more_races,
         )?;
-        w.flag("hispanicOrLatinoEthnicity", self.hispanic_or_latino_ethnicity)?;
+        w.flag(
+            "hispanicOrLatinoEthnicity",
+            self.hispanic_or_latino_ethnicity,
+        )?;
         w.field("countryOfBirthCode", &self.country_of_birth_code)?;
-        w.field("stateOfBirthAbbreviation", &self.state_of_birth_abbreviation)?;
+        w.field(
+            "stateOfBirthAbbreviation",
+            &self.state_of_birth_abbreviation,
+        )?;
         w.field("cityOfBirth", &self.city_of_birth)?;
         w.field(
             "publicSchoolResidenceStatus",
