@@ -106,7 +106,8 @@ impl FaultState {
     pub fn next(&mut self, collection: &str) -> Decision {
         self.seen += 1;
         let n = self.seen;
-        let hits = |every: Option<u32>| every.is_some_and(|e| e > 0 && n % u64::from(e) == 0);
+        let hits =
+            |every: Option<u32>| every.is_some_and(|e| e > 0 && n.is_multiple_of(u64::from(e)));
         let f = &self.faults;
 
         let mut bump_revision = f.revision_never_settles;

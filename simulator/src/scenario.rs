@@ -124,8 +124,11 @@ fn term_rollover(data: &mut Dataset) -> ChangeLog {
     log
 }
 
+/// Keeps the churn's random stream apart from the generator's for the same seed.
+const CHURN_SALT: u64 = 0x9e37_79b9_7f4a_7c15;
+
 fn day_of_churn(data: &mut Dataset, seed: u64) -> ChangeLog {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x00d4_7c4u64);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(CHURN_SALT));
     let mut log = ChangeLog::default();
     let now = data.next_timestamp();
 

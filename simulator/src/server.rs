@@ -562,13 +562,33 @@ macro_rules! with_records {
     };
 }
 
+/// Why a data request was turned away before rendering.
+enum Rejected {
+    Unauthorized(auth::AuthError),
+    Injected(Injected),
+}
+
+impl IntoResponse for Rejected {
+    fn into_response(self) -> Response {
+        match self {
+            Rejected::Unauthorized(e) => ImsxError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorisedrequest",
+                e.to_string(),
+            )
+            .into_response(),
+            Rejected::Injected(injected) => injected_response(injected),
+        }
+    }
+}
+
 /// What every data request goes through before rendering: counting, auth and faults.
 struct Admission {
     truncate: bool,
     delay: Option<std::time::Duration>,
 }
 
-fn admit(sim: &Sim, segment: &str, headers: &HeaderMap, uri: &Uri) -> Result<Admission, Response> {
+fn admit(sim: &Sim, segment: &str, headers: &HeaderMap, uri: &Uri) -> Result<Admission, Rejected> {
     let mut control = sim.control();
     control.stats.total += 1;
     *control
@@ -591,19 +611,14 @@ fn admit(sim: &Sim, segment: &str, headers: &HeaderMap, uri: &Uri) -> Result<Adm
         now_unix: Utc::now().timestamp(),
     };
     if let Err(e) = auth::authenticate(&request, &sim.config.credentials, &control.tokens) {
-        let r = ImsxError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorisedrequest",
-            e.to_string(),
-        );
-        return Err(r.into_response());
+        return Err(Rejected::Unauthorized(e));
     }
     drop(control);
     if decision.bump_revision {
         sim.write().revision += 1;
     }
     if let Some(injected) = decision.injected {
-        return Err(injected_response(injected));
+        return Err(Rejected::Injected(injected));
     }
     Ok(Admission {
         truncate: decision.truncate,
@@ -639,7 +654,7 @@ async fn list(
     };
     let admission = match admit(&sim, &segment, &headers, &uri) {
         Ok(a) => a,
-        Err(response) => return finish(&sim, response, None).await,
+        Err(rejected) => return finish(&sim, rejected.into_response(), None).await,
     };
     let response = match list_page(&sim, collection, uri.query(), admission.truncate) {
         Ok(r) => r,
@@ -713,7 +728,7 @@ async fn single(
     };
     let admission = match admit(&sim, &segment, &headers, &uri) {
         Ok(a) => a,
-        Err(response) => return finish(&sim, response, None).await,
+        Err(rejected) => return finish(&sim, rejected.into_response(), None).await,
     };
     let response = (|| {
         let q = parse_list_query(uri.query())?;
@@ -789,7 +804,7 @@ async fn token(State(sim): State<Sim>, headers: HeaderMap, body: Bytes) -> Respo
     r
 }
 
-fn loopback_only(peer: SocketAddr) -> Result<(), Response> {
+fn loopback_only(peer: SocketAddr) -> Result<(), ImsxError> {
     if peer.ip().is_loopback() {
         Ok(())
     } else {
@@ -797,8 +812,7 @@ fn loopback_only(peer: SocketAddr) -> Result<(), Response> {
             StatusCode::FORBIDDEN,
             "forbidden",
             "control API is loopback only",
-        )
-        .into_response())
+        ))
     }
 }
 
@@ -807,8 +821,8 @@ async fn control_scenario(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = loopback_only(peer) {
-        return r;
+    if let Err(e) = loopback_only(peer) {
+        return e.into_response();
     }
     let scenario: Scenario = match serde_json::from_slice(&body) {
         Ok(s) => s,
@@ -831,8 +845,8 @@ async fn control_faults(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = loopback_only(peer) {
-        return r;
+    if let Err(e) = loopback_only(peer) {
+        return e.into_response();
     }
     match serde_json::from_slice::<Faults>(&body) {
         Ok(faults) => {
@@ -847,8 +861,8 @@ async fn control_get_faults(
     State(sim): State<Sim>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Response {
-    if let Err(r) = loopback_only(peer) {
-        return r;
+    if let Err(e) = loopback_only(peer) {
+        return e.into_response();
     }
     let faults = sim.control().faults.faults.clone();
     axum::Json(faults).into_response()
@@ -858,8 +872,8 @@ async fn control_stats(
     State(sim): State<Sim>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Response {
-    if let Err(r) = loopback_only(peer) {
-        return r;
+    if let Err(e) = loopback_only(peer) {
+        return e.into_response();
     }
     let stats = sim.control().stats.clone();
     axum::Json(stats).into_response()
@@ -869,8 +883,8 @@ async fn control_reset_stats(
     State(sim): State<Sim>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Response {
-    if let Err(r) = loopback_only(peer) {
-        return r;
+    if let Err(e) = loopback_only(peer) {
+        return e.into_response();
     }
     sim.control().stats = Stats::default();
     StatusCode::NO_CONTENT.into_response()
