@@ -563,21 +563,27 @@ macro_rules! with_records {
 }
 
 /// Why a data request was turned away before rendering.
-enum Rejected {
+enum Rejection {
     Unauthorized(auth::AuthError),
     Injected(Injected),
 }
 
-impl IntoResponse for Rejected {
+/// A turned-away request still honours the configured delay.
+struct Rejected {
+    why: Rejection,
+    delay: Option<std::time::Duration>,
+}
+
+impl IntoResponse for Rejection {
     fn into_response(self) -> Response {
         match self {
-            Rejected::Unauthorized(e) => ImsxError::new(
+            Rejection::Unauthorized(e) => ImsxError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorisedrequest",
                 e.to_string(),
             )
             .into_response(),
-            Rejected::Injected(injected) => injected_response(injected),
+            Rejection::Injected(injected) => injected_response(injected),
         }
     }
 }
@@ -611,14 +617,20 @@ fn admit(sim: &Sim, segment: &str, headers: &HeaderMap, uri: &Uri) -> Result<Adm
         now_unix: Utc::now().timestamp(),
     };
     if let Err(e) = auth::authenticate(&request, &sim.config.credentials, &control.tokens) {
-        return Err(Rejected::Unauthorized(e));
+        return Err(Rejected {
+            why: Rejection::Unauthorized(e),
+            delay: decision.delay,
+        });
     }
     drop(control);
     if decision.bump_revision {
         sim.write().revision += 1;
     }
     if let Some(injected) = decision.injected {
-        return Err(Rejected::Injected(injected));
+        return Err(Rejected {
+            why: Rejection::Injected(injected),
+            delay: decision.delay,
+        });
     }
     Ok(Admission {
         truncate: decision.truncate,
@@ -654,7 +666,7 @@ async fn list(
     };
     let admission = match admit(&sim, &segment, &headers, &uri) {
         Ok(a) => a,
-        Err(rejected) => return finish(&sim, rejected.into_response(), None).await,
+        Err(r) => return finish(&sim, r.why.into_response(), r.delay).await,
     };
     let response = match list_page(&sim, collection, uri.query(), admission.truncate) {
         Ok(r) => r,
@@ -728,7 +740,7 @@ async fn single(
     };
     let admission = match admit(&sim, &segment, &headers, &uri) {
         Ok(a) => a,
-        Err(rejected) => return finish(&sim, rejected.into_response(), None).await,
+        Err(r) => return finish(&sim, r.why.into_response(), r.delay).await,
     };
     let response = (|| {
         let q = parse_list_query(uri.query())?;

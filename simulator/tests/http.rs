@@ -729,6 +729,24 @@ async fn control_api_over_http() {
     assert_eq!(log.status, 200, "{}", log.text);
     let parsed: ChangeLog = serde_json::from_str(&log.text).unwrap();
     assert!(!parsed.is_empty());
+    assert_eq!(
+        send(post("scenario", r#"{"name":"outage","seed":1}"#))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(get(&sim, "orgs").await.total(), 0);
+    assert_eq!(
+        send(post("scenario", r#"{"name":"restore"}"#)).await.status,
+        200
+    );
+    assert!(get(&sim, "orgs").await.total() > 0);
+    let rollover = send(post("scenario", r#"{"name":"term_rollover","seed":0}"#)).await;
+    assert_eq!(rollover.status, 200, "{}", rollover.text);
+    assert_eq!(
+        send(post("scenario", r#"{"name":"flood"}"#)).await.status,
+        400
+    );
     let f = send(post(
         "faults",
         r#"{"status_for":["users",401],"delay":"10ms"}"#,
@@ -739,6 +757,7 @@ async fn control_api_over_http() {
     assert_eq!(send(post("faults", r#"{"bogus":1}"#)).await.status, 400);
     let stats = send(client().get(format!("{base}/stats"))).await.json();
     assert_eq!(stats["per_collection"]["users"], 1);
+    assert_eq!(stats["per_collection"]["orgs"], 2);
     assert_eq!(send(post("reset_stats", "")).await.status, 204);
     assert_eq!(sim.stats().total, 0);
     sim.shutdown().await;
