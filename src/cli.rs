@@ -114,10 +114,13 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
             Ok(ExitCode::SUCCESS)
         }
         Command::Sync { district, dry_run, format } => {
-            let Some(district) = settings.district(&district) else {
+            if settings.district(&district).is_none() {
                 bail!("no district with id {district:?} in the configuration");
-            };
-            let report = sync::run_once(&dbs, district, RunOptions { dry_run }).await;
+            }
+            // A district with `enabled = false` can still be synced by hand (e.g. dry runs
+            // before go-live); its secret is only read now.
+            let district = settings.with_resolved_secret(&district)?;
+            let report = sync::run_once(&dbs, &district, RunOptions { dry_run }).await;
             print_report(&report, format)?;
             Ok(ExitCode::from(match report.outcome {
                 Outcome::Failed => EXIT_FAILED,

@@ -372,7 +372,11 @@ async fn pull_all(
 ) -> Result<(), SyncError> {
     macro_rules! collection {
         ($endpoint:expr, $entity:expr, $normalize:path) => {
-            if !pull_collection(client, session, run, pull, $endpoint, $entity, PullQuery::default(), $normalize).await? {
+            if !pull_collection(client, session, run, pull, $endpoint, $entity, PullQuery::default(), |w| {
+                $normalize(w).map(|(row, warnings)| (Some(row), warnings))
+            })
+            .await?
+            {
                 return Ok(());
             }
         };
@@ -384,7 +388,7 @@ async fn pull_all(
     collection!(Endpoint::Users, Entity::Users, normalize::user);
     if district.demographics {
         let query = PullQuery { fields: Some(oneroster::DEMOGRAPHICS_FIELDS.to_vec()), ..PullQuery::default() };
-        if !pull_collection(client, session, run, pull, Endpoint::Demographics, Entity::Users, query, normalize::demographics_record).await? {
+        if !pull_collection(client, session, run, pull, Endpoint::Demographics, Entity::Users, query, normalize::demographics).await? {
             return Ok(());
         }
     }
@@ -403,7 +407,7 @@ async fn pull_collection<W, D>(
     endpoint: Endpoint,
     entity: Entity,
     query: PullQuery,
-    normalize: fn(W) -> normalize::Normalized<D>,
+    normalize: fn(W) -> normalize::Normalized<Option<D>>,
 ) -> Result<bool, SyncError>
 where
     W: WireRecord,
