@@ -199,9 +199,9 @@ impl OAuth2 {
             let (detail, retry_after) = match exchange.request_async(&send).await {
                 Ok(token) => {
                     let now = Instant::now();
-                    let refresh_at = token.expires_in().map(|lifetime| {
-                        now + lifetime.saturating_sub(REFRESH_MARGIN.min(lifetime / 10))
-                    });
+                    let refresh_at = token
+                        .expires_in()
+                        .map(|lifetime| now + usable_for(lifetime));
                     let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
                     return Ok(CachedToken {
                         access: token.access_token().secret().clone().into(),
@@ -257,6 +257,11 @@ impl OAuth2 {
     }
 }
 
+/// How long a token of `lifetime` is used before it is refreshed.
+fn usable_for(lifetime: Duration) -> Duration {
+    lifetime.saturating_sub(REFRESH_MARGIN.min(lifetime / 10))
+}
+
 pub(crate) fn retryable_status(status: u16) -> bool {
     matches!(status, 408 | 429 | 500 | 502 | 503 | 504)
 }
@@ -303,4 +308,38 @@ async fn send_token_request(
     *out.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
     *out.headers_mut() = headers;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_refreshed_before_expiry() {
+        // ClassLink-style 6 h token: refreshed a minute early.
+        assert_eq!(
+            usable_for(Duration::from_secs(21_600)),
+            Duration::from_secs(21_540)
+        );
+        // Short tokens: at 90 % of their life, not on every request.
+        assert_eq!(
+            usable_for(Duration::from_secs(100)),
+            Duration::from_secs(90)
+        );
+        assert_eq!(usable_for(Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn scope_is_a_space_separated_list() {
+        let auth = Auth::from_config(&AuthConfig::OAuth2 {
+            token_url: Url::parse("https://example.test/token").unwrap(),
+            client_id: "id".into(),
+            client_secret: "secret".to_owned().into(),
+            scope: Some(" a  b ".into()),
+        });
+        let Auth::OAuth2(oauth) = auth else {
+            panic!("expected OAuth2")
+        };
+        assert_eq!(oauth.scopes, vec!["a", "b"]);
+    }
 }

@@ -22,7 +22,7 @@ pub use error::FetchError;
 pub use wire::{DEMOGRAPHICS_FIELDS, WireRecord};
 
 use crate::config::DistrictConfig;
-use crate::domain::Skipped;
+use crate::domain::{Entity, Skipped};
 use auth::{Auth, retryable_status, transport_detail};
 
 /// A OneRoster collection endpoint.
@@ -57,7 +57,8 @@ impl Endpoint {
         self.path()
     }
 
-    /// The entity name used in skip reports and logs (matches `domain::Entity::as_str`).
+    /// The entity name used in skip reports and logs (matches `domain::Entity::as_str`, plus
+    /// `demographics`).
     pub fn entity(self) -> &'static str {
         match self {
             Endpoint::Orgs => "orgs",
@@ -67,6 +68,19 @@ impl Endpoint {
             Endpoint::Users => "users",
             Endpoint::Enrollments => "enrollments",
             Endpoint::Demographics => "demographics",
+        }
+    }
+}
+
+impl From<Entity> for Endpoint {
+    fn from(entity: Entity) -> Endpoint {
+        match entity {
+            Entity::Orgs => Endpoint::Orgs,
+            Entity::AcademicSessions => Endpoint::AcademicSessions,
+            Entity::Courses => Endpoint::Courses,
+            Entity::Classes => Endpoint::Classes,
+            Entity::Users => Endpoint::Users,
+            Entity::Enrollments => Endpoint::Enrollments,
         }
     }
 }
@@ -579,6 +593,10 @@ fn page_records(body: &[u8], endpoint: Endpoint) -> Result<Vec<&RawValue>, PageS
 
 /// One record read leniently: failure skips the record, reported by id, never the page.
 fn read_record<T: WireRecord>(raw: &RawValue) -> Result<T, Skipped> {
+    // Fast path; the path-tracking second read runs only for the rare bad record.
+    if let Ok(record) = serde_json::from_str::<T>(raw.get()) {
+        return Ok(record);
+    }
     let mut de = serde_json::Deserializer::from_str(raw.get());
     serde_path_to_error::deserialize::<_, T>(&mut de).map_err(|e| {
         #[derive(Deserialize)]
