@@ -478,3 +478,49 @@ async fn whole_district_reads_and_normalizes() {
     assert_eq!(kept + skipped.len(), total);
     assert!(skipped.is_empty(), "{skipped:?}");
 }
+
+#[tokio::test]
+async fn bodies_that_stay_truncated_fail_as_parse_errors() {
+    let sim = sim().await;
+    let mut d = district(&sim, oauth2(&sim));
+    d.max_retries = 1;
+    let client = OneRosterClient::new(&d).unwrap();
+    sim.set_faults(Faults {
+        truncate_body_every: Some(1),
+        ..Default::default()
+    });
+    let err = pull::<wire::User>(&client, PullQuery::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            FetchError::Parse {
+                endpoint: Endpoint::Users,
+                offset: 0,
+                attempts: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn each_page_reports_the_revision_it_was_served_at() {
+    let sim = sim().await;
+    let mut d = district(&sim, oauth2(&sim));
+    d.concurrency = 1;
+    let client = OneRosterClient::new(&d).unwrap();
+    let before = sim.revision();
+    sim.set_faults(Faults {
+        revision_change_after: Some(1),
+        ..Default::default()
+    });
+    let pages = pull::<wire::User>(&client, PullQuery::default())
+        .await
+        .unwrap();
+    assert_eq!(pages[0].revision.as_deref(), Some(before.as_str()));
+    let last = pages.last().unwrap().revision.clone().unwrap();
+    assert_ne!(last, before, "the revision move must be visible to the sync layer");
+}
