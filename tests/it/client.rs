@@ -522,5 +522,8 @@ async fn each_page_reports_the_revision_it_was_served_at() {
         .unwrap();
     assert_eq!(pages[0].revision.as_deref(), Some(before.as_str()));
     let last = pages.last().unwrap().revision.clone().unwrap();
-    assert_ne!(last, before, "the revision move must be visible to the sync layer");
+    assert_ne!(
+        last, before,
+        "the revision move must be visible to the sync layer"
+    );
 }
