@@ -1,1 +1,865 @@
-//! placeholder
+//! The OneRoster client: the only code that speaks HTTP. It authenticates, pages through a
+//! collection in `sourcedId` order, retries what is transient, and refuses anything that would
+//! make a partial pull look complete (short pages, a missing or moving total).
+
+mod auth;
+mod error;
+mod oauth1;
+mod retry;
+pub mod wire;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::{Stream, StreamExt, stream};
+use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, HeaderValue, RETRY_AFTER};
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+pub use error::FetchError;
+pub use wire::{DEMOGRAPHICS_FIELDS, WireRecord};
+
+use crate::config::DistrictConfig;
+use crate::domain::{Entity, Skipped};
+use auth::{Auth, retryable_status, transport_detail};
+
+/// A OneRoster collection endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    Orgs,
+    AcademicSessions,
+    Courses,
+    Classes,
+    Users,
+    Enrollments,
+    Demographics,
+}
+
+impl Endpoint {
+    /// Path relative to the base URL.
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::Orgs => "orgs",
+            Endpoint::AcademicSessions => "academicSessions",
+            Endpoint::Courses => "courses",
+            Endpoint::Classes => "classes",
+            Endpoint::Users => "users",
+            Endpoint::Enrollments => "enrollments",
+            Endpoint::Demographics => "demographics",
+        }
+    }
+
+    /// The key of the collection envelope (`{"users": [...]}`).
+    pub fn envelope_key(self) -> &'static str {
+        // The 1.1 collection keys are the path names.
+        self.path()
+    }
+
+    /// The entity name used in skip reports and logs (matches `domain::Entity::as_str`, plus
+    /// `demographics`).
+    pub fn entity(self) -> &'static str {
+        match self {
+            Endpoint::Orgs => "orgs",
+            Endpoint::AcademicSessions => "academic_sessions",
+            Endpoint::Courses => "courses",
+            Endpoint::Classes => "classes",
+            Endpoint::Users => "users",
+            Endpoint::Enrollments => "enrollments",
+            Endpoint::Demographics => "demographics",
+        }
+    }
+}
+
+impl From<Entity> for Endpoint {
+    fn from(entity: Entity) -> Endpoint {
+        match entity {
+            Entity::Orgs => Endpoint::Orgs,
+            Entity::AcademicSessions => Endpoint::AcademicSessions,
+            Entity::Courses => Endpoint::Courses,
+            Entity::Classes => Endpoint::Classes,
+            Entity::Users => Endpoint::Users,
+            Entity::Enrollments => Endpoint::Enrollments,
+        }
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.path())
+    }
+}
+
+/// Optional `filter` and `fields` of a pull. Default: the whole collection, all fields.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PullQuery {
+    /// A OneRoster filter expression, unencoded, e.g. `dateLastModified>'2026-11-20T08:30:00Z'`.
+    pub filter: Option<String>,
+    pub fields: Option<Vec<&'static str>>,
+}
+
+/// One page of a collection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    pub offset: usize,
+    /// `X-Total-Count` (the same on every page of a pull, or the pull fails).
+    pub total: usize,
+    /// ClassLink's `x-perm-rev`, when sent.
+    pub revision: Option<String>,
+    pub records: Vec<T>,
+    /// Records that could not be read as `T`, reported by id.
+    pub unreadable: Vec<Skipped>,
+}
+
+/// Counters since the client was built.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientStats {
+    /// Collection requests sent (retries included, token requests excluded).
+    pub requests: u64,
+    /// Collection requests that were retries of a transient failure.
+    pub retries: u64,
+    /// Token endpoint requests (OAuth2 only).
+    pub token_requests: u64,
+}
+
+pub struct OneRosterClient {
+    http: reqwest::Client,
+    auth: Arc<Auth>,
+    /// Base URL as configured, without a trailing slash, used verbatim (it may hold a
+    /// percent-encoded application id that must not be re-encoded).
+    base: String,
+    page_size: usize,
+    concurrency: usize,
+    max_retries: u32,
+    requests: AtomicU64,
+    retries: AtomicU64,
+}
+
+impl std::fmt::Debug for OneRosterClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OneRosterClient")
+            .field("base", &self.base)
+            .field("page_size", &self.page_size)
+            .field("concurrency", &self.concurrency)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one attempt at a page came to, before retry policy is applied.
+enum Attempt<T> {
+    Done(Page<T>),
+    Transient {
+        failure: Transient,
+        retry_after: Option<Duration>,
+    },
+    Unauthorized,
+}
+
+enum Transient {
+    Status(u16),
+    Timeout,
+    Connect(String),
+    Parse(String),
+}
+
+impl OneRosterClient {
+    pub fn new(district: &DistrictConfig) -> Result<Self, FetchError> {
+        // Another part of the program may have installed it already; either way one is there.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        if district.page_size == 0 {
+            return Err(FetchError::InvalidConfig(
+                "page_size must be at least 1".into(),
+            ));
+        }
+        let http = reqwest::Client::builder()
+            .tls_backend_rustls()
+            .connect_timeout(district.connect_timeout)
+            .timeout(district.request_timeout)
+            .user_agent(concat!("oneroster-sync/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| FetchError::InvalidConfig(format!("HTTP client: {e}")))?;
+        Ok(OneRosterClient {
+            http,
+            auth: Arc::new(Auth::from_config(&district.auth)),
+            base: district.base_url.as_str().trim_end_matches('/').to_owned(),
+            page_size: district.page_size as usize,
+            concurrency: district.concurrency.max(1),
+            max_retries: district.max_retries,
+            requests: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+        })
+    }
+
+    pub fn stats(&self) -> ClientStats {
+        ClientStats {
+            requests: self.requests.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+            token_requests: self.auth.token_fetches(),
+        }
+    }
+
+    /// The pages of one collection, in offset order. The first page learns the total; the rest
+    /// are fetched up to `concurrency` at a time and yielded in order. The stream ends after the
+    /// first error.
+    pub fn pages<T: WireRecord>(
+        &self,
+        endpoint: Endpoint,
+        query: PullQuery,
+    ) -> impl Stream<Item = Result<Page<T>, FetchError>> + Send + '_ {
+        let query = Arc::new(query);
+        let first_query = query.clone();
+        stream::once(async move { self.fetch_page::<T>(endpoint, &first_query, 0, None).await })
+            .flat_map(move |first| {
+                let rest = match &first {
+                    Ok(page) => {
+                        let total = page.total;
+                        let query = query.clone();
+                        let offsets = (self.page_size..total).step_by(self.page_size);
+                        stream::iter(offsets)
+                            .map(move |offset| {
+                                let query = query.clone();
+                                async move {
+                                    self.fetch_page::<T>(endpoint, &query, offset, Some(total))
+                                        .await
+                                }
+                            })
+                            .buffered(self.concurrency)
+                            .left_stream()
+                    }
+                    Err(_) => stream::empty().right_stream(),
+                };
+                stream::once(async move { first }).chain(rest)
+            })
+            .scan(false, |failed, item| {
+                let next = if *failed { None } else { Some(item) };
+                *failed = matches!(next, Some(Err(_)));
+                async move { next }
+            })
+    }
+
+    fn params(&self, offset: usize, query: &PullQuery) -> Vec<(&'static str, String)> {
+        let mut params = vec![
+            ("limit", self.page_size.to_string()),
+            ("offset", offset.to_string()),
+            ("sort", "sourcedId".to_owned()),
+            ("orderBy", "asc".to_owned()),
+        ];
+        if let Some(filter) = &query.filter {
+            params.push(("filter", filter.clone()));
+        }
+        if let Some(fields) = &query.fields {
+            params.push(("fields", fields.join(",")));
+        }
+        params
+    }
+
+    /// One page, with retries of transient failures and one token refresh on a 401.
+    async fn fetch_page<T: WireRecord>(
+        &self,
+        endpoint: Endpoint,
+        query: &PullQuery,
+        offset: usize,
+        known_total: Option<usize>,
+    ) -> Result<Page<T>, FetchError> {
+        let url = format!("{}/{}", self.base, endpoint.path());
+        let params = self.params(offset, query);
+        let full_url = format!("{url}?{}", oauth1::query_string(&params));
+        let mut attempt: u32 = 0;
+        let mut refreshed = false;
+        loop {
+            attempt += 1;
+            let credential = self
+                .auth
+                .credential(&self.http, self.max_retries, &url, &params)
+                .await?;
+            let outcome = self
+                .attempt::<T>(endpoint, &full_url, credential.header, offset, known_total)
+                .await?;
+            let (failure, retry_after) = match outcome {
+                Attempt::Done(page) => return Ok(page),
+                Attempt::Unauthorized if self.auth.refreshable() && !refreshed => {
+                    // The token may have been revoked or expired early: one fresh token, once.
+                    refreshed = true;
+                    attempt -= 1;
+                    self.auth.invalidate(credential.token_generation).await;
+                    continue;
+                }
+                Attempt::Unauthorized => return Err(FetchError::Unauthorized { endpoint }),
+                Attempt::Transient {
+                    failure,
+                    retry_after,
+                } => (failure, retry_after),
+            };
+            if attempt > self.max_retries {
+                return Err(exhausted(endpoint, &full_url, offset, failure, attempt));
+            }
+            let wait = retry::delay(attempt, retry_after);
+            let status = match &failure {
+                Transient::Status(s) => Some(*s),
+                _ => None,
+            };
+            tracing::debug!(
+                url = %full_url,
+                status,
+                failure = failure.describe(),
+                attempt,
+                delay_ms = wait.as_millis() as u64,
+                "retrying OneRoster request"
+            );
+            self.retries.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    async fn attempt<T: WireRecord>(
+        &self,
+        endpoint: Endpoint,
+        full_url: &str,
+        authorization: secrecy::SecretString,
+        offset: usize,
+        known_total: Option<usize>,
+    ) -> Result<Attempt<T>, FetchError> {
+        let mut auth_value = HeaderValue::from_str(authorization.expose_secret())
+            .map_err(|_| FetchError::InvalidConfig("credential is not a valid header".into()))?;
+        auth_value.set_sensitive(true);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let sent = self
+            .http
+            .get(full_url)
+            .header(ACCEPT, "application/json")
+            .header(AUTHORIZATION, auth_value)
+            .send()
+            .await;
+        let response = match sent {
+            Ok(response) => response,
+            Err(e) => {
+                let failure = if e.is_timeout() {
+                    Transient::Timeout
+                } else {
+                    Transient::Connect(transport_detail(&e))
+                };
+                return Ok(Attempt::Transient {
+                    failure,
+                    retry_after: None,
+                });
+            }
+        };
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        match status {
+            200..=299 => {}
+            401 => return Ok(Attempt::Unauthorized),
+            403 => return Err(FetchError::Forbidden { endpoint }),
+            404 => {
+                return Err(FetchError::NotFound {
+                    endpoint,
+                    url: full_url.to_owned(),
+                });
+            }
+            s if retryable_status(s) => {
+                return Ok(Attempt::Transient {
+                    failure: Transient::Status(s),
+                    retry_after: retry_after(&headers),
+                });
+            }
+            s => {
+                // Only the imsx description/code are kept from an error body: they name the
+                // problem (e.g. invalid_filter_field) and hold no roster data.
+                let detail = response.bytes().await.ok().and_then(|b| imsx_detail(&b));
+                return Err(FetchError::Client {
+                    endpoint,
+                    status: s,
+                    detail,
+                });
+            }
+        }
+        let body = match response.bytes().await {
+            Ok(body) => body,
+            Err(e) => {
+                let failure = if e.is_timeout() {
+                    Transient::Timeout
+                } else {
+                    Transient::Parse("body cut short".into())
+                };
+                return Ok(Attempt::Transient {
+                    failure,
+                    retry_after: None,
+                });
+            }
+        };
+        let raw = match page_records(&body, endpoint) {
+            Ok(raw) => raw,
+            Err(PageShapeError::Truncated(detail)) => {
+                return Ok(Attempt::Transient {
+                    failure: Transient::Parse(detail),
+                    retry_after: None,
+                });
+            }
+            Err(PageShapeError::Shape(detail)) => {
+                return Err(FetchError::Parse {
+                    endpoint,
+                    offset,
+                    detail,
+                    attempts: 1,
+                });
+            }
+        };
+        let page = check_page(
+            endpoint,
+            &headers,
+            offset,
+            self.page_size,
+            known_total,
+            raw.len(),
+        )?;
+        let mut records = Vec::with_capacity(raw.len());
+        let mut unreadable = Vec::new();
+        for record in raw {
+            match read_record::<T>(record) {
+                Ok(r) => records.push(r),
+                Err(skip) => unreadable.push(skip),
+            }
+        }
+        Ok(Attempt::Done(Page {
+            offset,
+            total: page.total,
+            revision: page.revision,
+            records,
+            unreadable,
+        }))
+    }
+}
+
+impl Transient {
+    fn describe(&self) -> String {
+        match self {
+            Transient::Status(s) => format!("HTTP {s}"),
+            Transient::Timeout => "timed out".into(),
+            Transient::Connect(d) | Transient::Parse(d) => d.clone(),
+        }
+    }
+}
+
+fn exhausted(
+    endpoint: Endpoint,
+    url: &str,
+    offset: usize,
+    failure: Transient,
+    attempts: u32,
+) -> FetchError {
+    let url = url.to_owned();
+    match failure {
+        Transient::Status(429) => FetchError::RateLimited {
+            endpoint,
+            url,
+            attempts,
+        },
+        Transient::Status(408) | Transient::Timeout => FetchError::Timeout {
+            endpoint,
+            url,
+            attempts,
+        },
+        Transient::Status(status) => FetchError::Server {
+            endpoint,
+            url,
+            status,
+            attempts,
+        },
+        Transient::Connect(detail) => FetchError::Connect {
+            endpoint,
+            url,
+            detail,
+            attempts,
+        },
+        Transient::Parse(detail) => FetchError::Parse {
+            endpoint,
+            offset,
+            detail,
+            attempts,
+        },
+    }
+}
+
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| retry::parse_retry_after(v, chrono::Utc::now()))
+}
+
+fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+}
+
+struct PageMeta {
+    total: usize,
+    revision: Option<String>,
+}
+
+/// The paging rules: a total is required and fixed for the pull; each page holds exactly
+/// `min(limit, total - offset)` records (a short page is never "the end of the data").
+fn check_page(
+    endpoint: Endpoint,
+    headers: &HeaderMap,
+    offset: usize,
+    limit: usize,
+    known_total: Option<usize>,
+    got: usize,
+) -> Result<PageMeta, FetchError> {
+    let total = header_str(headers, "x-total-count")
+        .and_then(|v| v.parse::<usize>().ok())
+        .ok_or(FetchError::MissingTotal { endpoint, offset })?;
+    if let Some(first) = known_total
+        && first != total
+    {
+        return Err(FetchError::TotalChanged {
+            endpoint,
+            offset,
+            first,
+            now: total,
+        });
+    }
+    if let Some(announced) = header_str(headers, "x-count").and_then(|v| v.parse::<usize>().ok())
+        && announced != got
+    {
+        return Err(FetchError::CountMismatch {
+            endpoint,
+            offset,
+            announced,
+            got,
+        });
+    }
+    let expected = limit.min(total.saturating_sub(offset));
+    if got < expected {
+        return Err(FetchError::IncompletePage {
+            endpoint,
+            offset,
+            expected,
+            got,
+        });
+    }
+    if got > expected {
+        return Err(FetchError::OversizedPage {
+            endpoint,
+            offset,
+            expected,
+            got,
+        });
+    }
+    let revision = header_str(headers, "x-perm-rev")
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned);
+    Ok(PageMeta { total, revision })
+}
+
+enum PageShapeError {
+    /// Not JSON or cut short: usually a network fault, worth a retry.
+    Truncated(String),
+    /// Valid JSON of the wrong shape: retrying will not help.
+    Shape(String),
+}
+
+/// The raw records of a page: the envelope's array, or a bare array. Each record stays raw text
+/// (no `Value` tree) until it is read into its wire type.
+fn page_records(body: &[u8], endpoint: Endpoint) -> Result<Vec<&RawValue>, PageShapeError> {
+    let classify = |e: serde_json::Error| match e.classify() {
+        serde_json::error::Category::Data => PageShapeError::Shape(format!(
+            "expected a `{}` array: {}",
+            endpoint.envelope_key(),
+            sanitize(&e.to_string())
+        )),
+        _ => PageShapeError::Truncated(format!(
+            "malformed JSON at line {} column {}",
+            e.line(),
+            e.column()
+        )),
+    };
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'[') {
+        return serde_json::from_slice::<Vec<&RawValue>>(body).map_err(classify);
+    }
+    let envelope: std::collections::HashMap<std::borrow::Cow<'_, str>, &RawValue> =
+        serde_json::from_slice(body).map_err(classify)?;
+    let key = endpoint.envelope_key();
+    let inner = envelope
+        .get(key)
+        .ok_or_else(|| PageShapeError::Shape(format!("the response has no `{key}` collection")))?;
+    serde_json::from_str::<Vec<&RawValue>>(inner.get()).map_err(classify)
+}
+
+/// One record read leniently: failure skips the record, reported by id, never the page.
+fn read_record<T: WireRecord>(raw: &RawValue) -> Result<T, Skipped> {
+    // Fast path; the path-tracking second read runs only for the rare bad record.
+    if let Ok(record) = serde_json::from_str::<T>(raw.get()) {
+        return Ok(record);
+    }
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    serde_path_to_error::deserialize::<_, T>(&mut de).map_err(|e| {
+        #[derive(Deserialize)]
+        struct IdProbe {
+            #[serde(rename = "sourcedId")]
+            sourced_id: Option<String>,
+        }
+        let sourced_id = serde_json::from_str::<IdProbe>(raw.get())
+            .ok()
+            .and_then(|p| p.sourced_id)
+            .filter(|id| !id.is_empty())
+            .unwrap_or_else(|| "<missing>".to_owned());
+        let path = e.path().to_string();
+        let reason = if path.is_empty() || path == "." {
+            format!("record: {}", sanitize(&e.inner().to_string()))
+        } else {
+            format!("field `{path}`: {}", sanitize(&e.inner().to_string()))
+        };
+        Skipped {
+            entity: T::ENDPOINT.entity(),
+            sourced_id,
+            reason,
+        }
+    })
+}
+
+/// A serde error message without the offending value (it may be personal data):
+/// `invalid type: string "x", expected a boolean at line 1 column 9` -> `invalid type, expected
+/// a boolean`.
+fn sanitize(message: &str) -> String {
+    let message = match message.rfind(" at line ") {
+        Some(i) => &message[..i],
+        None => message,
+    };
+    let kind = message.split(':').next().unwrap_or(message);
+    match message.rfind(", expected ") {
+        Some(i) if message.contains(':') => format!("{kind}{}", &message[i..]),
+        _ if message.contains(':') => kind.to_owned(),
+        _ => message.to_owned(),
+    }
+}
+
+/// `imsx_description` / `imsx_CodeMinor` of an error body, when it has them.
+fn imsx_detail(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let status = value.get("imsx_statusInfo").unwrap_or(&value);
+    let status = match status {
+        serde_json::Value::Array(items) => items.first()?,
+        other => other,
+    };
+    let description = status.get("imsx_description").and_then(|v| v.as_str());
+    let minor = status
+        .get("imsx_CodeMinor")
+        .or_else(|| status.get("imsx_codeMinor"))
+        .and_then(|m| {
+            m.as_str().map(str::to_owned).or_else(|| {
+                // 1.1 nests it: {"imsx_codeMinorField": [{"imsx_codeMinorFieldValue": ".."}]}
+                m.get("imsx_codeMinorField")?
+                    .get(0)?
+                    .get("imsx_codeMinorFieldValue")?
+                    .as_str()
+                    .map(str::to_owned)
+            })
+        });
+    match (description, minor) {
+        (Some(d), Some(m)) => Some(format!("{d} ({m})")),
+        (Some(d), None) => Some(d.to_owned()),
+        (None, Some(m)) => Some(m),
+        (None, None) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn envelope_and_bare_array_are_both_pages() {
+        let body = br#"{"users":[{"sourcedId":"a"},{"sourcedId":"b"}],"other":1}"#;
+        assert_eq!(page_records(body, Endpoint::Users).ok().unwrap().len(), 2);
+        let bare = br#" [{"sourcedId":"a"}]"#;
+        assert_eq!(page_records(bare, Endpoint::Users).ok().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn truncated_body_is_transient_and_wrong_shape_is_not() {
+        let cut = br#"{"users":[{"sourcedId":"a"},{"sourc"#;
+        assert!(matches!(
+            page_records(cut, Endpoint::Users),
+            Err(PageShapeError::Truncated(_))
+        ));
+        let wrong = br#"{"classes":[]}"#;
+        assert!(matches!(
+            page_records(wrong, Endpoint::Users),
+            Err(PageShapeError::Shape(_))
+        ));
+        let not_array = br#"{"users":{"sourcedId":"a"}}"#;
+        assert!(matches!(
+            page_records(not_array, Endpoint::Users),
+            Err(PageShapeError::Shape(_))
+        ));
+    }
+
+    #[test]
+    fn unreadable_record_is_skipped_by_id_without_its_value() {
+        let body = br#"{"users":[{"sourcedId":"u1","role":"student"},
+            {"sourcedId":"u2","role":{"secret":"Jane Doe"}},{"enabledUser":"perhaps"}]}"#;
+        let raw = page_records(body, Endpoint::Users).ok().unwrap();
+        let read: Vec<Result<wire::User, Skipped>> = raw.into_iter().map(read_record).collect();
+        assert!(read[0].is_ok());
+        let skip = read[1].as_ref().unwrap_err();
+        assert_eq!(skip.entity, "users");
+        assert_eq!(skip.sourced_id, "u2");
+        assert!(skip.reason.starts_with("field `role`"), "{}", skip.reason);
+        assert!(!skip.reason.contains("Jane"));
+        let skip = read[2].as_ref().unwrap_err();
+        assert_eq!(skip.sourced_id, "<missing>");
+        assert!(skip.reason.contains("enabledUser"), "{}", skip.reason);
+        assert!(!skip.reason.contains("perhaps"));
+    }
+
+    #[test]
+    fn sanitize_drops_values() {
+        assert_eq!(
+            sanitize("invalid type: string \"Jane\", expected a boolean at line 1 column 9"),
+            "invalid type, expected a boolean"
+        );
+        assert_eq!(sanitize("expected a boolean"), "expected a boolean");
+    }
+
+    #[test]
+    fn page_rules() {
+        let ok = check_page(
+            Endpoint::Users,
+            &headers(&[
+                ("x-total-count", "5"),
+                ("x-count", "2"),
+                ("x-perm-rev", "r1"),
+            ]),
+            4,
+            2,
+            Some(5),
+            1,
+        );
+        assert!(matches!(
+            ok,
+            Err(FetchError::CountMismatch {
+                announced: 2,
+                got: 1,
+                ..
+            })
+        ));
+        let last = check_page(
+            Endpoint::Users,
+            &headers(&[("x-total-count", "5"), ("x-perm-rev", "r1")]),
+            4,
+            2,
+            Some(5),
+            1,
+        )
+        .unwrap();
+        assert_eq!(last.total, 5);
+        assert_eq!(last.revision.as_deref(), Some("r1"));
+        assert!(matches!(
+            check_page(
+                Endpoint::Users,
+                &headers(&[("x-total-count", "5")]),
+                2,
+                2,
+                Some(5),
+                1
+            ),
+            Err(FetchError::IncompletePage {
+                expected: 2,
+                got: 1,
+                offset: 2,
+                ..
+            })
+        ));
+        assert!(matches!(
+            check_page(
+                Endpoint::Users,
+                &headers(&[("x-total-count", "5")]),
+                2,
+                2,
+                Some(5),
+                0
+            ),
+            Err(FetchError::IncompletePage {
+                expected: 2,
+                got: 0,
+                ..
+            })
+        ));
+        assert!(matches!(
+            check_page(Endpoint::Users, &headers(&[]), 0, 2, None, 2),
+            Err(FetchError::MissingTotal { .. })
+        ));
+        assert!(matches!(
+            check_page(
+                Endpoint::Users,
+                &headers(&[("x-total-count", "6")]),
+                2,
+                2,
+                Some(5),
+                2
+            ),
+            Err(FetchError::TotalChanged {
+                first: 5,
+                now: 6,
+                ..
+            })
+        ));
+        assert!(matches!(
+            check_page(
+                Endpoint::Users,
+                &headers(&[("x-total-count", "5")]),
+                0,
+                2,
+                None,
+                5
+            ),
+            Err(FetchError::OversizedPage { .. })
+        ));
+        let empty = check_page(
+            Endpoint::Users,
+            &headers(&[("x-total-count", "0")]),
+            0,
+            2,
+            None,
+            0,
+        );
+        assert_eq!(empty.unwrap().total, 0);
+    }
+
+    #[test]
+    fn imsx_error_detail() {
+        let body = br#"{"imsx_codeMajor":"failure","imsx_severity":"error",
+            "imsx_description":"Invalid filter field","imsx_CodeMinor":"invalid_filter_field"}"#;
+        assert_eq!(
+            imsx_detail(body).as_deref(),
+            Some("Invalid filter field (invalid_filter_field)")
+        );
+        assert_eq!(imsx_detail(b"<html>"), None);
+    }
+
+    #[test]
+    fn forbidden_message_names_the_permission() {
+        let e = FetchError::Forbidden {
+            endpoint: Endpoint::Demographics,
+        };
+        assert!(e.to_string().contains("demographics are not enabled"));
+        let e = FetchError::Forbidden {
+            endpoint: Endpoint::Users,
+        };
+        assert!(e.to_string().contains("Full Permissions"));
+    }
+}

@@ -1,0 +1,152 @@
+//! What can go wrong talking to a OneRoster server. Every variant names the endpoint (relative
+//! to the district's base URL) and what the operator should check. No variant carries a response
+//! body of a successful page, a token, a secret or a signature.
+
+use super::Endpoint;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error(
+        "{endpoint}: credentials rejected by the OneRoster server (HTTP 401); check the district's client id/secret or token"
+    )]
+    Unauthorized { endpoint: Endpoint },
+
+    #[error(
+        "token endpoint rejected the client credentials ({reason}); check client_id, the client secret and scope"
+    )]
+    CredentialsRejected { reason: String },
+
+    #[error("token endpoint {url} failed after {attempts} attempts: {detail}")]
+    TokenEndpoint {
+        url: String,
+        detail: String,
+        attempts: u32,
+    },
+
+    #[error("{endpoint}: forbidden (HTTP 403): {}", forbidden_hint(*.endpoint))]
+    Forbidden { endpoint: Endpoint },
+
+    #[error("{endpoint}: not found (HTTP 404) at {url}; check base_url")]
+    NotFound { endpoint: Endpoint, url: String },
+
+    #[error("{endpoint}: still rate limited (HTTP 429) after {attempts} attempts at {url}")]
+    RateLimited {
+        endpoint: Endpoint,
+        url: String,
+        attempts: u32,
+    },
+
+    #[error("{endpoint}: server error (HTTP {status}) after {attempts} attempts at {url}")]
+    Server {
+        endpoint: Endpoint,
+        url: String,
+        status: u16,
+        attempts: u32,
+    },
+
+    #[error(
+        "{endpoint}: request timed out after {attempts} attempts at {url}; check request_timeout"
+    )]
+    Timeout {
+        endpoint: Endpoint,
+        url: String,
+        attempts: u32,
+    },
+
+    #[error("{endpoint}: could not connect after {attempts} attempts to {url}: {detail}")]
+    Connect {
+        endpoint: Endpoint,
+        url: String,
+        detail: String,
+        attempts: u32,
+    },
+
+    #[error(
+        "{endpoint}: page at offset {offset} has {got} records, expected {expected}; the server may clamp `limit` (lower page_size)"
+    )]
+    IncompletePage {
+        endpoint: Endpoint,
+        offset: usize,
+        expected: usize,
+        got: usize,
+    },
+
+    #[error(
+        "{endpoint}: page at offset {offset} has {got} records, more than the {expected} requested"
+    )]
+    OversizedPage {
+        endpoint: Endpoint,
+        offset: usize,
+        expected: usize,
+        got: usize,
+    },
+
+    #[error(
+        "{endpoint}: page at offset {offset} announces x-count {announced} but holds {got} records"
+    )]
+    CountMismatch {
+        endpoint: Endpoint,
+        offset: usize,
+        announced: usize,
+        got: usize,
+    },
+
+    #[error("{endpoint}: response at offset {offset} has no usable X-Total-Count header")]
+    MissingTotal { endpoint: Endpoint, offset: usize },
+
+    #[error(
+        "{endpoint}: X-Total-Count moved from {first} to {now} at offset {offset} during the pull"
+    )]
+    TotalChanged {
+        endpoint: Endpoint,
+        offset: usize,
+        first: usize,
+        now: usize,
+    },
+
+    #[error("{endpoint}: unreadable page at offset {offset} after {attempts} attempts: {detail}")]
+    Parse {
+        endpoint: Endpoint,
+        offset: usize,
+        detail: String,
+        attempts: u32,
+    },
+
+    #[error("{endpoint}: request refused (HTTP {status}){}", client_detail(.detail))]
+    Client {
+        endpoint: Endpoint,
+        status: u16,
+        detail: Option<String>,
+    },
+
+    #[error("invalid client configuration: {0}")]
+    InvalidConfig(String),
+}
+
+fn forbidden_hint(endpoint: Endpoint) -> &'static str {
+    match endpoint {
+        Endpoint::Demographics => {
+            "the ClassLink app was not shared with Full Permissions, or demographics are not enabled for the app"
+        }
+        _ => "the ClassLink app was not shared with Full Permissions",
+    }
+}
+
+fn client_detail(detail: &Option<String>) -> String {
+    match detail {
+        Some(d) => format!(": {d}"),
+        None => String::new(),
+    }
+}
+
+impl FetchError {
+    /// Whether the failure is about permissions or credentials (the audit reports these apart).
+    pub fn is_permission(&self) -> bool {
+        matches!(
+            self,
+            FetchError::Unauthorized { .. }
+                | FetchError::CredentialsRejected { .. }
+                | FetchError::Forbidden { .. }
+        )
+    }
+}
