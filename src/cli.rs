@@ -21,10 +21,19 @@ pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_HELD: u8 = 3;
 
 #[derive(Debug, Parser)]
-#[command(name = "oneroster-sync", version, about = "Keeps a roster store in step with districts' OneRoster 1.1 APIs")]
+#[command(
+    name = "oneroster-sync",
+    version,
+    about = "Keeps a roster store in step with districts' OneRoster 1.1 APIs"
+)]
 struct Cli {
     /// Configuration file.
-    #[arg(long, global = true, env = "ONEROSTER_SYNC_CONFIG", default_value = "config/oneroster-sync.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "ONEROSTER_SYNC_CONFIG",
+        default_value = "config/oneroster-sync.toml"
+    )]
     config: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -88,7 +97,10 @@ pub fn main() -> ExitCode {
         eprintln!("oneroster-sync: cannot set up logging: {e:#}");
         return ExitCode::from(EXIT_USAGE);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("oneroster-sync: cannot start the async runtime: {e}");
@@ -113,7 +125,11 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
             info!("migrations applied");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Sync { district, dry_run, format } => {
+        Command::Sync {
+            district,
+            dry_run,
+            format,
+        } => {
             if settings.district(&district).is_none() {
                 bail!("no district with id {district:?} in the configuration");
             }
@@ -146,7 +162,12 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
 /// progress finishes (or rolls back) before the process exits.
 async fn run_daemon(dbs: &Databases, settings: &Settings) {
     let shutdown = CancellationToken::new();
-    let districts: Vec<_> = settings.districts.iter().filter(|d| d.enabled).cloned().collect();
+    let districts: Vec<_> = settings
+        .districts
+        .iter()
+        .filter(|d| d.enabled)
+        .cloned()
+        .collect();
     info!(
         districts = %districts.iter().map(|d| format!("{} every {}", d.id, humantime::format_duration(d.interval))).collect::<Vec<_>>().join(", "),
         "daemon started"
@@ -197,7 +218,10 @@ async fn wait_for_signal() {
 fn print_report(report: &RunReport, format: Format) -> anyhow::Result<()> {
     match format {
         Format::Json => {
-            println!("{}", serde_json::to_string(report).context("serializing the report")?);
+            println!(
+                "{}",
+                serde_json::to_string(report).context("serializing the report")?
+            );
         }
         Format::Text => eprintln!("{}", render_report(report)),
     }
@@ -211,7 +235,11 @@ pub fn render_report(r: &RunReport) -> String {
         r.district,
         r.run_id,
         r.outcome.as_str(),
-        if r.dry_run { " (dry run: nothing written)" } else { "" },
+        if r.dry_run {
+            " (dry run: nothing written)"
+        } else {
+            ""
+        },
         r.duration_ms
     );
     out.push_str(&format!(
@@ -236,7 +264,10 @@ pub fn render_report(r: &RunReport) -> String {
             out.push_str(&format!("  {} {}: {}\n", s.entity, s.sourced_id, s.reason));
         }
         if r.skipped.len() > 50 {
-            out.push_str(&format!("  ... and {} more (see sync.runs)\n", r.skipped.len() - 50));
+            out.push_str(&format!(
+                "  ... and {} more (see sync.runs)\n",
+                r.skipped.len() - 50
+            ));
         }
     }
     if let Some(e) = &r.error {

@@ -15,7 +15,10 @@ static STORE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/store");
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("invalid {which} database settings: {message}")]
-    Settings { which: &'static str, message: String },
+    Settings {
+        which: &'static str,
+        message: String,
+    },
     #[error("cannot connect to the {which} database ({target}): {source}")]
     Connect {
         which: &'static str,
@@ -49,13 +52,17 @@ impl Databases {
         let state_options = settings
             .database
             .connect_options()
-            .map_err(|e| DbError::Settings { which: "state", message: e.to_string() })?;
+            .map_err(|e| DbError::Settings {
+                which: "state",
+                message: e.to_string(),
+            })?;
         let state_target = settings.database.redacted();
         let (store_options, store_target, store_is_separate) = match &settings.store {
             Some(store) => {
-                let options = store
-                    .connect_options()
-                    .map_err(|e| DbError::Settings { which: "store", message: e.to_string() })?;
+                let options = store.connect_options().map_err(|e| DbError::Settings {
+                    which: "store",
+                    message: e.to_string(),
+                })?;
                 let separate = !same_database(&state_options, &options);
                 (options, store.redacted(), separate)
             }
@@ -92,7 +99,11 @@ impl Databases {
         self.state_options
             .connect()
             .await
-            .map_err(|source| DbError::Connect { which: "state", target: self.state_target.clone(), source })
+            .map_err(|source| DbError::Connect {
+                which: "state",
+                target: self.state_target.clone(),
+                source,
+            })
     }
 
     /// A dedicated connection to the store database (only used when it is separate).
@@ -100,7 +111,11 @@ impl Databases {
         self.store_options
             .connect()
             .await
-            .map_err(|source| DbError::Connect { which: "store", target: self.store_target.clone(), source })
+            .map_err(|source| DbError::Connect {
+                which: "store",
+                target: self.store_target.clone(),
+                source,
+            })
     }
 }
 
@@ -121,15 +136,25 @@ async fn run_migrator(
         .map_err(|source| DbError::Migrate { which, source })
 }
 
-async fn pool(options: &PgConnectOptions, which: &'static str, target: &str) -> Result<PgPool, DbError> {
+async fn pool(
+    options: &PgConnectOptions,
+    which: &'static str,
+    target: &str,
+) -> Result<PgPool, DbError> {
     PgPoolOptions::new()
         .max_connections(8)
         .acquire_timeout(std::time::Duration::from_secs(30))
         .connect_with(options.clone())
         .await
-        .map_err(|source| DbError::Connect { which, target: target.to_string(), source })
+        .map_err(|source| DbError::Connect {
+            which,
+            target: target.to_string(),
+            source,
+        })
 }
 
 fn same_database(a: &PgConnectOptions, b: &PgConnectOptions) -> bool {
-    a.get_host() == b.get_host() && a.get_port() == b.get_port() && a.get_database() == b.get_database()
+    a.get_host() == b.get_host()
+        && a.get_port() == b.get_port()
+        && a.get_database() == b.get_database()
 }

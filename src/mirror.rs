@@ -165,7 +165,9 @@ pub async fn create_stage(conn: &mut PgConnection) -> Result<(), MirrorError> {
          hispanic_or_latino boolean, races text[]);\n\
          CREATE TEMP TABLE stage_skipped (entity text NOT NULL, sourced_id text NOT NULL, reason text NOT NULL);\n",
     );
-    conn.execute(sqlx::AssertSqlSafe(sql)).await.map_err(db("creating staging tables"))?;
+    conn.execute(sqlx::AssertSqlSafe(sql))
+        .await
+        .map_err(db("creating staging tables"))?;
     Ok(())
 }
 
@@ -252,13 +254,19 @@ impl CopyLine<'_> {
 }
 
 /// Copies records into their staging table.
-pub async fn copy_rows<R: StageRow>(conn: &mut PgConnection, rows: &[R]) -> Result<(), MirrorError> {
+pub async fn copy_rows<R: StageRow>(
+    conn: &mut PgConnection,
+    rows: &[R],
+) -> Result<(), MirrorError> {
     if rows.is_empty() {
         return Ok(());
     }
     let mut buf = Vec::with_capacity(rows.len() * 160);
     for row in rows {
-        row.encode(&mut CopyLine { buf: &mut buf, first: true });
+        row.encode(&mut CopyLine {
+            buf: &mut buf,
+            first: true,
+        });
         buf.push(b'\n');
     }
     copy_in(conn, &format!("COPY {} FROM STDIN", R::TABLE), buf).await
@@ -272,7 +280,10 @@ pub async fn copy_skipped(conn: &mut PgConnection, skipped: &[Skipped]) -> Resul
     }
     let mut buf = Vec::new();
     for s in skipped {
-        let mut line = CopyLine { buf: &mut buf, first: true };
+        let mut line = CopyLine {
+            buf: &mut buf,
+            first: true,
+        };
         line.text(Some(s.entity));
         line.text(Some(&s.sourced_id));
         line.text(Some(&s.reason));
@@ -281,10 +292,19 @@ pub async fn copy_skipped(conn: &mut PgConnection, skipped: &[Skipped]) -> Resul
     copy_in(conn, "COPY stage_skipped FROM STDIN", buf).await
 }
 
-async fn copy_in(conn: &mut PgConnection, statement: &str, data: Vec<u8>) -> Result<(), MirrorError> {
-    let mut copy = conn.copy_in_raw(statement).await.map_err(db("starting COPY into staging"))?;
+async fn copy_in(
+    conn: &mut PgConnection,
+    statement: &str,
+    data: Vec<u8>,
+) -> Result<(), MirrorError> {
+    let mut copy = conn
+        .copy_in_raw(statement)
+        .await
+        .map_err(db("starting COPY into staging"))?;
     copy.send(data).await.map_err(db("sending COPY data"))?;
-    copy.finish().await.map_err(db("finishing COPY into staging"))?;
+    copy.finish()
+        .await
+        .map_err(db("finishing COPY into staging"))?;
     Ok(())
 }
 
@@ -408,13 +428,17 @@ pub async fn check_snapshot(conn: &mut PgConnection) -> Result<Vec<Skipped>, Mir
     let mut sql = String::new();
     for entity in Entity::ALL {
         let e = entity.as_str();
-        sql.push_str(&format!("CREATE INDEX ON stage_{e} (sourced_id); ANALYZE stage_{e};\n"));
+        sql.push_str(&format!(
+            "CREATE INDEX ON stage_{e} (sourced_id); ANALYZE stage_{e};\n"
+        ));
     }
     sql.push_str(
         "CREATE INDEX ON stage_demographics (user_sourced_id); ANALYZE stage_demographics;\n\
          CREATE INDEX ON stage_skipped (entity, sourced_id);\n",
     );
-    conn.execute(sqlx::AssertSqlSafe(sql)).await.map_err(db("indexing the staged snapshot"))?;
+    conn.execute(sqlx::AssertSqlSafe(sql))
+        .await
+        .map_err(db("indexing the staged snapshot"))?;
 
     let mut skipped = Vec::new();
     for entity in Entity::ALL {
@@ -466,7 +490,10 @@ pub async fn check_snapshot(conn: &mut PgConnection) -> Result<Vec<Skipped>, Mir
         user = known("users", "c.user_sourced_id"),
         class = known("classes", "c.class_sourced_id"),
     );
-    for (entity, reason) in [(Entity::Classes, class_reason), (Entity::Enrollments, enrollment_reason)] {
+    for (entity, reason) in [
+        (Entity::Classes, class_reason),
+        (Entity::Enrollments, enrollment_reason),
+    ] {
         let e = entity.as_str();
         let rows = sqlx::query(sql!(
             "WITH bad AS (
@@ -608,7 +635,7 @@ pub async fn diff(
                             "CASE WHEN s.status = 'active'
                                AND EXISTS (SELECT 1 FROM eff_active a WHERE a.entity = 'users' AND a.sourced_id = s.user_sourced_id)
                                AND EXISTS (SELECT 1 FROM eff_active a WHERE a.entity = 'classes' AND a.sourced_id = s.class_sourced_id)
-                             THEN 'active' ELSE 'deleted' END"
+                             THEN 'active' ELSE 'deleted' END AS status"
                                 .to_string()
                         } else {
                             format!("s.{name}")
@@ -645,16 +672,20 @@ pub async fn diff(
              ALTER TABLE apply_{e} ADD COLUMN op text NOT NULL;
              CREATE TEMP TABLE del_{e} (sourced_id text PRIMARY KEY);"
         );
-        conn.execute(sqlx::AssertSqlSafe(sql)).await.map_err(db("creating diff tables"))?;
+        conn.execute(sqlx::AssertSqlSafe(sql))
+            .await
+            .map_err(db("creating diff tables"))?;
         sqlx::query(sql!(
             "INSERT INTO cand_{e} SELECT c.*, {hash} FROM ({source}) c"
         ))
         .execute(&mut *conn)
         .await
         .map_err(db("deriving stored rows"))?;
-        conn.execute(sql!("CREATE UNIQUE INDEX ON cand_{e} (sourced_id); ANALYZE cand_{e};"))
-            .await
-            .map_err(db("indexing stored rows"))?;
+        conn.execute(sql!(
+            "CREATE UNIQUE INDEX ON cand_{e} (sourced_id); ANALYZE cand_{e};"
+        ))
+        .await
+        .map_err(db("indexing stored rows"))?;
         sqlx::query(sql!(
             "INSERT INTO apply_{e}
              SELECT c.*, CASE
@@ -760,7 +791,10 @@ mod tests {
 
     fn encode<R: StageRow>(row: &R) -> String {
         let mut buf = Vec::new();
-        row.encode(&mut CopyLine { buf: &mut buf, first: true });
+        row.encode(&mut CopyLine {
+            buf: &mut buf,
+            first: true,
+        });
         String::from_utf8(buf).unwrap()
     }
 
@@ -781,7 +815,10 @@ mod tests {
     #[test]
     fn arrays_are_quoted_twice() {
         let mut buf = Vec::new();
-        let mut line = CopyLine { buf: &mut buf, first: true };
+        let mut line = CopyLine {
+            buf: &mut buf,
+            first: true,
+        };
         line.array(&["a\"b".to_string(), "c\\d".to_string(), "e,f".to_string()]);
         line.array(&[]);
         // literal {"a\"b","c\\d","e,f"} then COPY doubles each backslash

@@ -6,8 +6,8 @@
 //! becomes NULL, an unrecognized `sex` becomes NULL.
 //!
 //! Conventions: optional text is trimmed and `""` becomes `None`; lists are never `None`;
-//! vocabulary values (roles, org/session/class types) are trimmed and lower-cased so one
-//! spelling is stored whatever the server sends. Reasons and warnings never quote a field's
+//! roles are lower-cased (the contract's vocabulary); org, session and class types are kept as
+//! the server spells them (the 1.1 vocabulary is camelCase: `schoolYear`, `gradingPeriod`). Reasons and warnings never quote a field's
 //! value: they name the field.
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
@@ -179,7 +179,7 @@ pub fn org(w: wire::Org) -> Normalized<Org> {
     let org = Org {
         source_modified_at: r.modified(w.date_last_modified),
         name: text(w.name),
-        org_type: vocabulary(w.org_type),
+        org_type: text(w.org_type),
         identifier: text(w.identifier),
         parent_sourced_id: text(w.parent),
         sourced_id: r.sourced_id.clone(),
@@ -193,7 +193,7 @@ pub fn academic_session(w: wire::AcademicSession) -> Normalized<AcademicSession>
     let session = AcademicSession {
         source_modified_at: r.modified(w.date_last_modified),
         title: text(w.title),
-        session_type: vocabulary(w.session_type),
+        session_type: text(w.session_type),
         start_date: r.date("startDate", w.start_date),
         end_date: r.date("endDate", w.end_date),
         parent_sourced_id: text(w.parent),
@@ -223,7 +223,7 @@ pub fn class(w: wire::Class) -> Normalized<Class> {
         source_modified_at: r.modified(w.date_last_modified),
         title: text(w.title),
         class_code: text(w.class_code),
-        class_type: vocabulary(w.class_type),
+        class_type: text(w.class_type),
         school_sourced_id: text(w.school),
         course_sourced_id: text(w.course),
         term_sourced_ids: w.terms,
@@ -423,7 +423,7 @@ mod tests {
     }
 
     #[test]
-    fn empty_strings_become_none_and_vocabulary_is_lower_case() {
+    fn empty_strings_become_none_and_types_keep_their_spelling() {
         let w = wire::Org {
             sourced_id: some("o1"),
             status: some("active"),
@@ -436,7 +436,7 @@ mod tests {
         let (o, warnings) = org(w).unwrap();
         assert!(warnings.is_empty());
         assert_eq!(o.name.as_deref(), Some("Lakeside High"));
-        assert_eq!(o.org_type.as_deref(), Some("school"));
+        assert_eq!(o.org_type.as_deref(), Some("School"));
         assert_eq!(o.identifier, None);
         assert_eq!(o.parent_sourced_id, None);
     }
@@ -551,7 +551,7 @@ mod tests {
             ..Default::default()
         };
         let (c, _) = class(w).unwrap();
-        assert_eq!(c.class_type.as_deref(), Some("homeroom"));
+        assert_eq!(c.class_type.as_deref(), Some("Homeroom"));
         assert_eq!(c.class_code, None);
         assert_eq!(c.course_sourced_id.as_deref(), Some("k1"));
         assert_eq!(c.term_sourced_ids, vec!["t1"]);
@@ -569,7 +569,7 @@ mod tests {
         };
         let (s, warnings) = academic_session(w).unwrap();
         assert!(warnings.is_empty());
-        assert_eq!(s.session_type.as_deref(), Some("schoolyear"));
+        assert_eq!(s.session_type.as_deref(), Some("schoolYear"));
         assert_eq!(s.end_date, NaiveDate::from_ymd_opt(2027, 6, 30));
         assert_eq!(s.school_year.as_deref(), Some("2027"));
     }

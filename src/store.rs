@@ -117,7 +117,10 @@ pub async fn reconcile_absent(
 /// Copies the diff tables (`apply_*`, `del_*`, `stage_skipped`) from the state session into
 /// temporary tables of the same names in a store session (separate-database layout). The store
 /// session must be inside a transaction; the tables are dropped at its end.
-pub async fn transfer(state: &mut PgConnection, store: &mut PgConnection) -> Result<(), StoreError> {
+pub async fn transfer(
+    state: &mut PgConnection,
+    store: &mut PgConnection,
+) -> Result<(), StoreError> {
     let mut ddl = String::from(
         "CREATE TEMP TABLE stage_skipped (entity text NOT NULL, sourced_id text NOT NULL, reason text NOT NULL) ON COMMIT DROP;\n",
     );
@@ -129,7 +132,10 @@ pub async fn transfer(state: &mut PgConnection, store: &mut PgConnection) -> Res
              CREATE TEMP TABLE del_{e} (sourced_id text PRIMARY KEY) ON COMMIT DROP;\n"
         ));
     }
-    store.execute(sqlx::AssertSqlSafe(ddl)).await.map_err(db("creating transfer tables"))?;
+    store
+        .execute(sqlx::AssertSqlSafe(ddl))
+        .await
+        .map_err(db("creating transfer tables"))?;
     let mut tables = vec!["stage_skipped".to_string()];
     for entity in Entity::ALL {
         tables.push(format!("apply_{}", entity.as_str()));
@@ -145,7 +151,11 @@ pub async fn transfer(state: &mut PgConnection, store: &mut PgConnection) -> Res
     Ok(())
 }
 
-async fn copy_table(from: &mut PgConnection, to: &mut PgConnection, table: &str) -> Result<(), StoreError> {
+async fn copy_table(
+    from: &mut PgConnection,
+    to: &mut PgConnection,
+    table: &str,
+) -> Result<(), StoreError> {
     use futures_util::TryStreamExt;
     let mut sink = to
         .copy_in_raw(&format!("COPY {table} FROM STDIN"))
@@ -157,9 +167,13 @@ async fn copy_table(from: &mut PgConnection, to: &mut PgConnection, table: &str)
             .await
             .map_err(db("starting the copy out of the state database"))?;
         while let Some(chunk) = source.try_next().await.map_err(db("reading the diff"))? {
-            sink.send(chunk).await.map_err(db("copying the diff into the store"))?;
+            sink.send(chunk)
+                .await
+                .map_err(db("copying the diff into the store"))?;
         }
     }
-    sink.finish().await.map_err(db("finishing the copy into the store"))?;
+    sink.finish()
+        .await
+        .map_err(db("finishing the copy into the store"))?;
     Ok(())
 }

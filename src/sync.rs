@@ -114,7 +114,9 @@ pub enum SyncError {
          refusing to treat an empty pull as deletions (upstream outage or lost permissions?)"
     )]
     EmptyCollection { entity: Entity, active: i64 },
-    #[error("the upstream data kept changing during the pull (x-perm-rev moved {attempts} times); giving up for this run")]
+    #[error(
+        "the upstream data kept changing during the pull (x-perm-rev moved {attempts} times); giving up for this run"
+    )]
     RevisionUnstable { attempts: usize },
     #[error("the run exceeded its deadline of {0:?} (run_timeout)")]
     Deadline(Duration),
@@ -125,7 +127,11 @@ fn db(doing: &'static str) -> impl FnOnce(sqlx::Error) -> SyncError {
 }
 
 /// One full cycle for one district. Never panics on bad data; failures are in the report.
-pub async fn run_once(dbs: &Databases, district: &DistrictConfig, options: RunOptions) -> RunReport {
+pub async fn run_once(
+    dbs: &Databases,
+    district: &DistrictConfig,
+    options: RunOptions,
+) -> RunReport {
     let run_id = Uuid::now_v7();
     let dry_run = options.dry_run || district.dry_run;
     let span = info_span!("run", district = %district.id, run_id = %run_id);
@@ -133,13 +139,28 @@ pub async fn run_once(dbs: &Databases, district: &DistrictConfig, options: RunOp
         let started_at = Utc::now();
         let clock = Instant::now();
         info!(dry_run, "run started");
-        let mut run = Run { counts: BTreeMap::new(), skipped: Vec::new(), warnings: 0, revision: None };
+        let mut run = Run {
+            counts: BTreeMap::new(),
+            skipped: Vec::new(),
+            warnings: 0,
+            revision: None,
+        };
         for entity in Entity::ALL {
             run.counts.insert(entity, EntityCounts::default());
         }
         if let Err(e) = record_start(dbs, &district.id, run_id, started_at, dry_run).await {
             // Without a history row the run cannot be accounted for: fail before pulling.
-            return finish(dbs, district, run_id, started_at, clock, dry_run, run, Err(e)).await;
+            return finish(
+                dbs,
+                district,
+                run_id,
+                started_at,
+                clock,
+                dry_run,
+                run,
+                Err(e),
+            )
+            .await;
         }
         let result = match tokio::time::timeout(
             district.run_timeout,
@@ -150,7 +171,10 @@ pub async fn run_once(dbs: &Databases, district: &DistrictConfig, options: RunOp
             Ok(result) => result,
             Err(_) => Err(SyncError::Deadline(district.run_timeout)),
         };
-        finish(dbs, district, run_id, started_at, clock, dry_run, run, result).await
+        finish(
+            dbs, district, run_id, started_at, clock, dry_run, run, result,
+        )
+        .await
     }
     .instrument(span)
     .await
@@ -254,10 +278,15 @@ async fn cycle_in_session(
     if dbs.store_is_separate {
         apply_separate(dbs, &district.id, run_id, mode, session).await?;
     } else {
-        let mut tx = session.begin().await.map_err(db("starting the apply transaction"))?;
+        let mut tx = session
+            .begin()
+            .await
+            .map_err(db("starting the apply transaction"))?;
         store::apply(&mut tx, &district.id).await?;
         mirror::advance(&mut tx, &district.id).await?;
-        tx.commit().await.map_err(db("committing the apply transaction"))?;
+        tx.commit()
+            .await
+            .map_err(db("committing the apply transaction"))?;
     }
     mark_success(&dbs.state, &district.id, run.revision.as_deref()).await?;
     Ok(Outcome::Applied)
@@ -281,21 +310,29 @@ async fn apply_separate(
 
     let mut store_session = dbs.store_session().await?;
     let result: Result<BTreeMap<Entity, Vec<String>>, SyncError> = async {
-        let mut tx = store_session.begin().await.map_err(db("starting the store transaction"))?;
+        let mut tx = store_session
+            .begin()
+            .await
+            .map_err(db("starting the store transaction"))?;
         store::transfer(session, &mut tx).await?;
         store::apply(&mut tx, district).await?;
         let gone = match mode {
             DiffMode::Reconcile => store::reconcile_absent(&mut tx, district).await?,
             DiffMode::Mirror => BTreeMap::new(),
         };
-        tx.commit().await.map_err(db("committing the store transaction"))?;
+        tx.commit()
+            .await
+            .map_err(db("committing the store transaction"))?;
         Ok(gone)
     }
     .await;
     let _ = store_session.close().await;
     let gone = result?;
 
-    let mut tx = session.begin().await.map_err(db("starting the mirror transaction"))?;
+    let mut tx = session
+        .begin()
+        .await
+        .map_err(db("starting the mirror transaction"))?;
     for (entity, ids) in gone {
         if ids.is_empty() {
             continue;
@@ -315,7 +352,9 @@ async fn apply_separate(
         .execute(&mut *tx)
         .await
         .map_err(db("clearing the pending mark"))?;
-    tx.commit().await.map_err(db("committing the mirror transaction"))?;
+    tx.commit()
+        .await
+        .map_err(db("committing the mirror transaction"))?;
     Ok(())
 }
 
@@ -334,15 +373,23 @@ async fn pull_snapshot(
         }
         run.skipped.clear();
         run.warnings = 0;
-        let mut pull = Pull { revision: None, moved: false };
+        let mut pull = Pull {
+            revision: None,
+            moved: false,
+        };
         pull_all(district, client, session, run, &mut pull).await?;
         if !pull.moved {
             run.revision = pull.revision;
             return Ok(());
         }
-        warn!(attempt, "upstream revision changed during the pull: starting over");
+        warn!(
+            attempt,
+            "upstream revision changed during the pull: starting over"
+        );
     }
-    Err(SyncError::RevisionUnstable { attempts: MAX_PULL_ATTEMPTS })
+    Err(SyncError::RevisionUnstable {
+        attempts: MAX_PULL_ATTEMPTS,
+    })
 }
 
 struct Pull {
@@ -372,9 +419,16 @@ async fn pull_all(
 ) -> Result<(), SyncError> {
     macro_rules! collection {
         ($endpoint:expr, $entity:expr, $normalize:path) => {
-            if !pull_collection(client, session, run, pull, $endpoint, $entity, PullQuery::default(), |w| {
-                $normalize(w).map(|(row, warnings)| (Some(row), warnings))
-            })
+            if !pull_collection(
+                client,
+                session,
+                run,
+                pull,
+                $endpoint,
+                $entity,
+                PullQuery::default(),
+                |w| $normalize(w).map(|(row, warnings)| (Some(row), warnings)),
+            )
             .await?
             {
                 return Ok(());
@@ -382,17 +436,39 @@ async fn pull_all(
         };
     }
     collection!(Endpoint::Orgs, Entity::Orgs, normalize::org);
-    collection!(Endpoint::AcademicSessions, Entity::AcademicSessions, normalize::academic_session);
+    collection!(
+        Endpoint::AcademicSessions,
+        Entity::AcademicSessions,
+        normalize::academic_session
+    );
     collection!(Endpoint::Courses, Entity::Courses, normalize::course);
     collection!(Endpoint::Classes, Entity::Classes, normalize::class);
     collection!(Endpoint::Users, Entity::Users, normalize::user);
     if district.demographics {
-        let query = PullQuery { fields: Some(oneroster::DEMOGRAPHICS_FIELDS.to_vec()), ..PullQuery::default() };
-        if !pull_collection(client, session, run, pull, Endpoint::Demographics, Entity::Users, query, normalize::demographics).await? {
+        let query = PullQuery {
+            fields: Some(oneroster::DEMOGRAPHICS_FIELDS.to_vec()),
+            ..PullQuery::default()
+        };
+        if !pull_collection(
+            client,
+            session,
+            run,
+            pull,
+            Endpoint::Demographics,
+            Entity::Users,
+            query,
+            normalize::demographics,
+        )
+        .await?
+        {
             return Ok(());
         }
     }
-    collection!(Endpoint::Enrollments, Entity::Enrollments, normalize::enrollment);
+    collection!(
+        Endpoint::Enrollments,
+        Entity::Enrollments,
+        normalize::enrollment
+    );
     Ok(())
 }
 
@@ -419,10 +495,8 @@ where
         if !pull.observe(&page.revision) {
             return Ok(false);
         }
-        if counts_fetched {
-            if let Some(c) = run.counts.get_mut(&entity) {
-                c.fetched += (page.records.len() + page.unreadable.len()) as i64;
-            }
+        if counts_fetched && let Some(c) = run.counts.get_mut(&entity) {
+            c.fetched += (page.records.len() + page.unreadable.len()) as i64;
         }
         for bad in page.unreadable {
             run.skip(entity, bad);
@@ -455,7 +529,10 @@ where
 }
 
 fn entity_named(name: &str) -> Entity {
-    Entity::ALL.into_iter().find(|e| e.as_str() == name).unwrap_or(Entity::Users)
+    Entity::ALL
+        .into_iter()
+        .find(|e| e.as_str() == name)
+        .unwrap_or(Entity::Users)
 }
 
 async fn pending_run(dbs: &Databases, district: &str) -> Result<Option<Uuid>, SyncError> {
@@ -467,7 +544,11 @@ async fn pending_run(dbs: &Databases, district: &str) -> Result<Option<Uuid>, Sy
         .map_err(db("reading the district state"))
 }
 
-async fn mark_success(state: &sqlx::PgPool, district: &str, revision: Option<&str>) -> Result<(), SyncError> {
+async fn mark_success(
+    state: &sqlx::PgPool,
+    district: &str,
+    revision: Option<&str>,
+) -> Result<(), SyncError> {
     sqlx::query(
         "UPDATE sync.districts SET last_success_at = now(), last_full_pull_at = now(),
          last_revision = $2, consecutive_failures = 0 WHERE district_id = $1",
@@ -554,8 +635,14 @@ async fn record_finish(state: &sqlx::PgPool, report: &RunReport) -> Result<(), S
             .collect::<BTreeMap<_, _>>(),
     )
     .unwrap_or_default();
-    let skipped = serde_json::to_value(report.skipped.iter().take(SKIPPED_HISTORY).collect::<Vec<_>>())
-        .unwrap_or_default();
+    let skipped = serde_json::to_value(
+        report
+            .skipped
+            .iter()
+            .take(SKIPPED_HISTORY)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap_or_default();
     sqlx::query(
         "UPDATE sync.runs SET finished_at = $2, outcome = $3, revision = $4, counts = $5, skipped = $6, error = $7
          WHERE run_id = $1",
@@ -595,12 +682,36 @@ fn log_summary(r: &RunReport) {
     info!(
         outcome = r.outcome.as_str(),
         duration_ms = r.duration_ms,
-        orgs_fetched = o.fetched, orgs_created = o.created, orgs_updated = o.updated + o.reactivated, orgs_deleted = o.deleted, orgs_skipped = o.skipped,
-        academic_sessions_fetched = a.fetched, academic_sessions_created = a.created, academic_sessions_updated = a.updated + a.reactivated, academic_sessions_deleted = a.deleted, academic_sessions_skipped = a.skipped,
-        courses_fetched = co.fetched, courses_created = co.created, courses_updated = co.updated + co.reactivated, courses_deleted = co.deleted, courses_skipped = co.skipped,
-        classes_fetched = cl.fetched, classes_created = cl.created, classes_updated = cl.updated + cl.reactivated, classes_deleted = cl.deleted, classes_skipped = cl.skipped,
-        users_fetched = u.fetched, users_created = u.created, users_updated = u.updated + u.reactivated, users_deleted = u.deleted, users_skipped = u.skipped,
-        enrollments_fetched = en.fetched, enrollments_created = en.created, enrollments_updated = en.updated + en.reactivated, enrollments_deleted = en.deleted, enrollments_skipped = en.skipped,
+        orgs_fetched = o.fetched,
+        orgs_created = o.created,
+        orgs_updated = o.updated + o.reactivated,
+        orgs_deleted = o.deleted,
+        orgs_skipped = o.skipped,
+        academic_sessions_fetched = a.fetched,
+        academic_sessions_created = a.created,
+        academic_sessions_updated = a.updated + a.reactivated,
+        academic_sessions_deleted = a.deleted,
+        academic_sessions_skipped = a.skipped,
+        courses_fetched = co.fetched,
+        courses_created = co.created,
+        courses_updated = co.updated + co.reactivated,
+        courses_deleted = co.deleted,
+        courses_skipped = co.skipped,
+        classes_fetched = cl.fetched,
+        classes_created = cl.created,
+        classes_updated = cl.updated + cl.reactivated,
+        classes_deleted = cl.deleted,
+        classes_skipped = cl.skipped,
+        users_fetched = u.fetched,
+        users_created = u.created,
+        users_updated = u.updated + u.reactivated,
+        users_deleted = u.deleted,
+        users_skipped = u.skipped,
+        enrollments_fetched = en.fetched,
+        enrollments_created = en.created,
+        enrollments_updated = en.updated + en.reactivated,
+        enrollments_deleted = en.deleted,
+        enrollments_skipped = en.skipped,
         "run summary"
     );
 }

@@ -19,6 +19,9 @@ async fn tiny(seed: u64) -> SimHandle {
 }
 
 fn client() -> reqwest::Client {
+    // In the workspace, reqwest is built without a default TLS crypto provider (the main crate
+    // installs ring itself); plain-http tests still need one installed to build a client.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::new()
 }
 

@@ -8,29 +8,71 @@ use crate::support::{TestDb, write_config};
 /// CONTRACT §5: every table and the columns it must have at least.
 const CONTRACT_COLUMNS: &[(&str, &[&str])] = &[
     ("orgs", &["name", "type", "identifier", "parent_sourced_id"]),
-    ("academic_sessions", &["title", "type", "start_date", "end_date", "parent_sourced_id", "school_year"]),
+    (
+        "academic_sessions",
+        &[
+            "title",
+            "type",
+            "start_date",
+            "end_date",
+            "parent_sourced_id",
+            "school_year",
+        ],
+    ),
     ("courses", &["title", "course_code", "org_sourced_id"]),
     (
         "users",
         &[
-            "role", "username", "email", "given_name", "family_name", "middle_name", "identifier", "enabled", "grades",
-            "org_sourced_ids", "gender", "hispanic_or_latino", "races",
+            "role",
+            "username",
+            "email",
+            "given_name",
+            "family_name",
+            "middle_name",
+            "identifier",
+            "enabled",
+            "grades",
+            "org_sourced_ids",
+            "gender",
+            "hispanic_or_latino",
+            "races",
         ],
     ),
     (
         "classes",
         &[
-            "title", "class_code", "class_type", "school_sourced_id", "course_sourced_id", "term_sourced_ids", "grades",
-            "subjects", "periods",
+            "title",
+            "class_code",
+            "class_type",
+            "school_sourced_id",
+            "course_sourced_id",
+            "term_sourced_ids",
+            "grades",
+            "subjects",
+            "periods",
         ],
     ),
     (
         "enrollments",
-        &["user_sourced_id", "class_sourced_id", "school_sourced_id", "role", "is_primary", "begin_date", "end_date"],
+        &[
+            "user_sourced_id",
+            "class_sourced_id",
+            "school_sourced_id",
+            "role",
+            "is_primary",
+            "begin_date",
+            "end_date",
+        ],
     ),
 ];
-const COMMON_COLUMNS: &[&str] =
-    &["district_id", "sourced_id", "status", "source_modified_at", "updated_at", "deleted_at"];
+const COMMON_COLUMNS: &[&str] = &[
+    "district_id",
+    "sourced_id",
+    "status",
+    "source_modified_at",
+    "updated_at",
+    "deleted_at",
+];
 
 async fn columns_of(db: &TestDb, schema: &str, table: &str) -> Vec<String> {
     let mut conn = db.connect().await;
@@ -71,12 +113,28 @@ async fn migrations_create_the_contract_schema_and_run_twice() {
     for (table, specific) in CONTRACT_COLUMNS {
         let cols = columns_of(&db, "roster", table).await;
         for col in COMMON_COLUMNS.iter().chain(specific.iter()) {
-            assert!(cols.iter().any(|c| c == col), "roster.{table} lacks column {col}");
+            assert!(
+                cols.iter().any(|c| c == col),
+                "roster.{table} lacks column {col}"
+            );
         }
-        assert_eq!(primary_key_of(&db, table).await, vec!["district_id", "sourced_id"], "roster.{table} key");
+        assert_eq!(
+            primary_key_of(&db, table).await,
+            vec!["district_id", "sourced_id"],
+            "roster.{table} key"
+        );
     }
-    for table in ["runs", "districts", "held_change_sets", "mirror_users", "mirror_enrollments"] {
-        assert!(!columns_of(&db, "sync", table).await.is_empty(), "sync.{table} missing");
+    for table in [
+        "runs",
+        "districts",
+        "held_change_sets",
+        "mirror_users",
+        "mirror_enrollments",
+    ] {
+        assert!(
+            !columns_of(&db, "sync", table).await.is_empty(),
+            "sync.{table} missing"
+        );
     }
 }
 
@@ -85,13 +143,20 @@ async fn separate_store_gets_only_the_roster_schema() {
     let state = TestDb::new().await;
     let store = TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
-    let settings = Settings::load(&write_config(dir.path(), &state.url, Some(&store.url), "")).unwrap();
+    let settings =
+        Settings::load(&write_config(dir.path(), &state.url, Some(&store.url), "")).unwrap();
     let dbs = Databases::connect(&settings).await.unwrap();
     assert!(dbs.store_is_separate);
     dbs.migrate().await.unwrap();
     dbs.migrate().await.unwrap();
     assert!(!columns_of(&store, "roster", "users").await.is_empty());
-    assert!(columns_of(&store, "sync", "runs").await.is_empty(), "state tables leaked into the store database");
+    assert!(
+        columns_of(&store, "sync", "runs").await.is_empty(),
+        "state tables leaked into the store database"
+    );
     assert!(!columns_of(&state, "sync", "runs").await.is_empty());
-    assert!(columns_of(&state, "roster", "users").await.is_empty(), "store tables leaked into the state database");
+    assert!(
+        columns_of(&state, "roster", "users").await.is_empty(),
+        "store tables leaked into the state database"
+    );
 }

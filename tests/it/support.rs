@@ -25,17 +25,27 @@ impl TestDb {
     pub async fn new() -> TestDb {
         let admin = admin_url();
         let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-        let mut conn = PgConnection::connect(&admin).await.expect("connect to the test cluster");
+        let mut conn = PgConnection::connect(&admin)
+            .await
+            .expect("connect to the test cluster");
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&mut conn)
             .await
             .expect("create test database");
-        let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).expect("database url");
-        TestDb { url: format!("{base}/{name}"), name }
+        let base = admin
+            .rsplit_once('/')
+            .map(|(b, _)| b.to_string())
+            .expect("database url");
+        TestDb {
+            url: format!("{base}/{name}"),
+            name,
+        }
     }
 
     pub async fn connect(&self) -> PgConnection {
-        PgConnection::connect(&self.url).await.expect("connect to the test database")
+        PgConnection::connect(&self.url)
+            .await
+            .expect("connect to the test database")
     }
 
     /// A plain-text dump of the whole database (schema and data), for byte-for-byte
@@ -63,8 +73,18 @@ impl TestDb {
             .arg(&self.url)
             .output()
             .expect("run pg_dump");
-        assert!(out.status.success(), "pg_dump failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).expect("utf-8 dump")
+        assert!(
+            out.status.success(),
+            "pg_dump failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // pg_dump (15.14+) brackets its output with a random \restrict key: not content.
+        String::from_utf8(out.stdout)
+            .expect("utf-8 dump")
+            .lines()
+            .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
@@ -83,15 +103,16 @@ fn find_pg_bin(name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
-/// Runs the real `oneroster-sync` binary with a config file.
-pub fn run_binary(config: &Path, args: &[&str], envs: &[(&str, &str)]) -> Output {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_oneroster-sync"));
+/// Runs the real `oneroster-sync` binary with a config file (without blocking the test's
+/// runtime, which serves the in-process simulator).
+pub async fn run_binary(config: &Path, args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_oneroster-sync"));
     cmd.arg("--config").arg(config).args(args);
     cmd.env_remove("DATABASE_URL").env_remove("RUST_LOG");
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    cmd.output().expect("run oneroster-sync")
+    cmd.output().await.expect("run oneroster-sync")
 }
 
 pub fn output_text(out: &Output) -> String {
@@ -103,8 +124,15 @@ pub fn output_text(out: &Output) -> String {
 }
 
 /// Writes a configuration file with the given database(s) and raw district TOML.
-pub fn write_config(dir: &Path, database_url: &str, store_url: Option<&str>, districts: &str) -> PathBuf {
-    let store = store_url.map(|u| format!("[store]\nurl = \"{u}\"\n")).unwrap_or_default();
+pub fn write_config(
+    dir: &Path,
+    database_url: &str,
+    store_url: Option<&str>,
+    districts: &str,
+) -> PathBuf {
+    let store = store_url
+        .map(|u| format!("[store]\nurl = \"{u}\"\n"))
+        .unwrap_or_default();
     let text = format!(
         "[database]\nurl = \"{database_url}\"\n{store}\n[log]\nformat = \"json\"\nlevel = \"info\"\n\n{districts}\n"
     );

@@ -4,8 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use chrono::SecondsFormat;
-use oneroster_sim::{Counts, Dataset, Faults, Periods, Scenario, SimConfig, SimHandle, Status, Tier};
+use oneroster_sim::{
+    Counts, Dataset, Faults, Periods, Scenario, SimConfig, SimHandle, Status, Tier,
+};
 use oneroster_sync::config::Settings;
 use oneroster_sync::db::Databases;
 use oneroster_sync::domain::Entity;
@@ -20,7 +21,8 @@ pub const DISTRICT: &str = "lakeside";
 pub struct Harness {
     pub db: TestDb,
     pub sim: SimHandle,
-    pub dir: TempDir,
+    /// Keeps the config directory alive for the test.
+    pub _dir: TempDir,
     pub config: PathBuf,
     pub settings: Settings,
     pub dbs: Databases,
@@ -56,7 +58,14 @@ impl Harness {
         let settings = Settings::load(&config).expect("test config loads");
         let dbs = Databases::connect(&settings).await.expect("connect");
         dbs.migrate().await.expect("migrate");
-        Harness { db, sim, dir, config, settings, dbs }
+        Harness {
+            db,
+            sim,
+            _dir: dir,
+            config,
+            settings,
+            dbs,
+        }
     }
 
     pub async fn sync(&self) -> RunReport {
@@ -87,7 +96,7 @@ fn status(s: Status) -> &'static str {
 }
 
 fn ts(t: chrono::DateTime<chrono::Utc>) -> Value {
-    json!(t.to_rfc3339_opts(SecondsFormat::AutoSi, false))
+    json!(t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
 }
 
 fn date(d: Option<chrono::NaiveDate>) -> Value {
@@ -130,11 +139,14 @@ pub fn expected(ds: &Dataset, prev: &StoreRows) -> StoreRows {
     });
     out.insert("academic_sessions", sessions.collect());
     let courses = ds.courses.iter().map(|c| {
-        (c.sourced_id.clone(), json!({
-            "sourced_id": c.sourced_id, "status": status(c.status), "title": opt(&c.title),
-            "course_code": opt(&c.course_code), "org_sourced_id": opt(&c.org),
-            "source_modified_at": ts(c.date_last_modified),
-        }))
+        (
+            c.sourced_id.clone(),
+            json!({
+                "sourced_id": c.sourced_id, "status": status(c.status), "title": opt(&c.title),
+                "course_code": opt(&c.course_code), "org_sourced_id": opt(&c.org),
+                "source_modified_at": ts(c.date_last_modified),
+            }),
+        )
     });
     out.insert("courses", courses.collect());
     let classes = ds.classes.iter().map(|c| {
@@ -194,14 +206,21 @@ pub fn expected(ds: &Dataset, prev: &StoreRows) -> StoreRows {
         }
     }
     let active = |table: &str, id: &str| {
-        out.get(table).and_then(|t| t.get(id)).is_some_and(|r| r["status"] == "active")
+        out.get(table)
+            .and_then(|t| t.get(id))
+            .is_some_and(|r| r["status"] == "active")
     };
     let known_users: BTreeSet<&str> = ds.users.iter().map(|u| u.sourced_id.as_str()).collect();
     let known_classes: BTreeSet<&str> = ds.classes.iter().map(|c| c.sourced_id.as_str()).collect();
     let mut enrollments = BTreeMap::new();
     for e in &ds.enrollments {
-        let row = if known_users.contains(e.user.as_str()) && known_classes.contains(e.class.as_str()) {
-            let st = if e.status == Status::Active && active("users", &e.user) && active("classes", &e.class) {
+        let row = if known_users.contains(e.user.as_str())
+            && known_classes.contains(e.class.as_str())
+        {
+            let st = if e.status == Status::Active
+                && active("users", &e.user)
+                && active("classes", &e.class)
+            {
                 "active"
             } else {
                 "deleted"
@@ -231,8 +250,14 @@ pub fn expected(ds: &Dataset, prev: &StoreRows) -> StoreRows {
         }
     }
     for row in enrollments.values_mut() {
-        let user = row["user_sourced_id"].as_str().unwrap_or_default().to_string();
-        let class = row["class_sourced_id"].as_str().unwrap_or_default().to_string();
+        let user = row["user_sourced_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let class = row["class_sourced_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         if !(active("users", &user) && active("classes", &class)) {
             row["status"] = json!("deleted");
         }
@@ -243,12 +268,17 @@ pub fn expected(ds: &Dataset, prev: &StoreRows) -> StoreRows {
 
 pub async fn store_rows(db: &TestDb, district: &str) -> StoreRows {
     let mut conn = db.connect().await;
-    sqlx::query("SET TIME ZONE 'UTC'").execute(&mut conn).await.unwrap();
+    sqlx::query("SET TIME ZONE 'UTC'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
     let mut out = StoreRows::new();
     for entity in Entity::ALL {
         let table = entity.as_str();
         let rows: Vec<(String, Value, bool)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT sourced_id, to_jsonb(t) - 'district_id' - 'updated_at' - 'deleted_at',
+            "SELECT sourced_id, to_jsonb(t) - 'district_id' - 'updated_at' - 'deleted_at'
+                    || jsonb_build_object('source_modified_at',
+                         to_char(source_modified_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')),
                     (status = 'deleted') = (deleted_at IS NOT NULL)
              FROM roster.{table} t WHERE district_id = $1"
         )))
@@ -258,7 +288,10 @@ pub async fn store_rows(db: &TestDb, district: &str) -> StoreRows {
         .unwrap();
         let mut map = BTreeMap::new();
         for (id, row, deleted_at_consistent) in rows {
-            assert!(deleted_at_consistent, "{table} {id}: deleted_at does not match status");
+            assert!(
+                deleted_at_consistent,
+                "{table} {id}: deleted_at does not match status"
+            );
             map.insert(id, row);
         }
         out.insert(table, map);
@@ -274,7 +307,9 @@ pub fn assert_store_eq(actual: &StoreRows, expected: &StoreRows) {
         for (id, row) in want {
             match got.get(id) {
                 None => problems.push(format!("{table} {id}: missing")),
-                Some(g) if g != row => problems.push(format!("{table} {id}:\n  got  {g}\n  want {row}")),
+                Some(g) if g != row => {
+                    problems.push(format!("{table} {id}:\n  got  {g}\n  want {row}"))
+                }
                 _ => {}
             }
         }
@@ -286,12 +321,20 @@ pub fn assert_store_eq(actual: &StoreRows, expected: &StoreRows) {
         problems.is_empty(),
         "{} differences, first ones:\n{}",
         problems.len(),
-        problems.iter().take(8).cloned().collect::<Vec<_>>().join("\n")
+        problems
+            .iter()
+            .take(8)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }
 
 /// created / updated / deleted between two expected stores, per table.
-fn expected_counts(before: &StoreRows, after: &StoreRows) -> BTreeMap<&'static str, (i64, i64, i64)> {
+fn expected_counts(
+    before: &StoreRows,
+    after: &StoreRows,
+) -> BTreeMap<&'static str, (i64, i64, i64)> {
     let mut out = BTreeMap::new();
     for (table, rows) in after {
         let (mut created, mut updated, mut deleted) = (0, 0, 0);
@@ -313,7 +356,12 @@ fn report_counts(report: &RunReport) -> BTreeMap<&'static str, (i64, i64, i64)> 
     report
         .counts
         .iter()
-        .map(|(e, c)| (e.as_str(), (c.created, c.updated + c.reactivated, c.deleted)))
+        .map(|(e, c)| {
+            (
+                e.as_str(),
+                (c.created, c.updated + c.reactivated, c.deleted),
+            )
+        })
         .collect()
 }
 
@@ -322,12 +370,13 @@ async fn updated_at(db: &TestDb) -> Vec<(String, String, chrono::DateTime<chrono
     let mut all = Vec::new();
     for entity in Entity::ALL {
         let table = entity.as_str();
-        let rows: Vec<(String, String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT '{table}', sourced_id, updated_at FROM roster.{table} ORDER BY sourced_id"
-        )))
-        .fetch_all(&mut conn)
-        .await
-        .unwrap();
+        let rows: Vec<(String, String, chrono::DateTime<chrono::Utc>)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT '{table}', sourced_id, updated_at FROM roster.{table} ORDER BY sourced_id"
+            )))
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
         all.extend(rows);
     }
     all
@@ -344,21 +393,33 @@ async fn full_sync_of_the_s_district_lands_every_record() {
     let want = expected(&ds, &StoreRows::new());
     assert_store_eq(&store_rows(&h.db, DISTRICT).await, &want);
     assert_eq!(report.counts[&Entity::Users].fetched, ds.users.len() as i64);
-    assert_eq!(report.counts[&Entity::Enrollments].fetched, ds.enrollments.len() as i64);
+    assert_eq!(
+        report.counts[&Entity::Enrollments].fetched,
+        ds.enrollments.len() as i64
+    );
     assert_eq!(report.counts[&Entity::Users].created, ds.users.len() as i64);
     assert!(report.skipped.is_empty(), "{:?}", report.skipped);
 }
 
 #[tokio::test]
 async fn churn_applies_exactly_the_expected_changes_and_an_unchanged_run_writes_nothing() {
-    let counts = Counts { students: 400, teachers: 30, classes: 60, ..Counts::tiny() };
+    let counts = Counts {
+        students: 400,
+        teachers: 30,
+        classes: 60,
+        ..Counts::tiny()
+    };
     let h = Harness::new(counts).await;
     assert_eq!(h.sync().await.outcome, Outcome::Applied);
     let before = expected(&h.sim.snapshot(), &StoreRows::new());
 
     let log = h.sim.apply(Scenario::DayOfChurn { seed: 3 });
     let users = log.of(oneroster_sim::Collection::Users);
-    assert!(!users.created.is_empty() && !users.purged.is_empty() && !users.marked_tobedeleted.is_empty());
+    assert!(
+        !users.created.is_empty()
+            && !users.purged.is_empty()
+            && !users.marked_tobedeleted.is_empty()
+    );
     let report = h.sync().await;
     assert_eq!(report.outcome, Outcome::Applied, "{report:?}");
     let after = expected(&h.sim.snapshot(), &before);
@@ -366,7 +427,10 @@ async fn churn_applies_exactly_the_expected_changes_and_an_unchanged_run_writes_
     assert_eq!(report_counts(&report), expected_counts(&before, &after));
     let c = report.counts[&Entity::Users];
     assert_eq!(c.created, users.created.len() as i64);
-    assert_eq!(c.deleted, (users.purged.len() + users.marked_tobedeleted.len()) as i64);
+    assert_eq!(
+        c.deleted,
+        (users.purged.len() + users.marked_tobedeleted.len()) as i64
+    );
 
     // A third run over unchanged data writes nothing.
     let stamps = updated_at(&h.db).await;
@@ -404,7 +468,10 @@ async fn dry_run_reports_changes_and_writes_only_history() {
     assert!(report.counts[&Entity::Users].created > 0);
     assert_eq!(h.db.dump_schemas(&["roster"]), before);
     let mut conn = h.db.connect().await;
-    let mirrored: i64 = sqlx::query_scalar("SELECT count(*) FROM sync.mirror_users").fetch_one(&mut conn).await.unwrap();
+    let mirrored: i64 = sqlx::query_scalar("SELECT count(*) FROM sync.mirror_users")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(mirrored, 0);
     let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM sync.runs WHERE outcome = 'dry_run'")
         .fetch_one(&mut conn)
@@ -427,17 +494,24 @@ async fn bad_records_are_skipped_by_id_and_the_rest_lands() {
         ds.enrollments.push(orphan);
         (bad_role, no_status, "zz-orphan-enrollment".to_string())
     });
-    let out = run_binary(&h.config, &["sync", "--district", DISTRICT], &[]);
+    let out = run_binary(&h.config, &["sync", "--district", DISTRICT], &[]).await;
     let text = output_text(&out);
     assert!(out.status.success(), "{text}");
     for id in [&bad_role, &no_status, &orphan] {
-        assert!(text.contains(id.as_str()), "skipped id {id} not named in the output:\n{text}");
+        assert!(
+            text.contains(id.as_str()),
+            "skipped id {id} not named in the output:\n{text}"
+        );
     }
     let rows = store_rows(&h.db, DISTRICT).await;
     assert!(!rows["users"].contains_key(&bad_role));
     assert!(!rows["enrollments"].contains_key(&orphan));
     let ds = h.sim.snapshot();
-    let valid_users = ds.users.iter().filter(|u| u.sourced_id != bad_role && u.sourced_id != no_status).count();
+    let valid_users = ds
+        .users
+        .iter()
+        .filter(|u| u.sourced_id != bad_role && u.sourced_id != no_status)
+        .count();
     assert_eq!(rows["users"].len(), valid_users);
 }
 
@@ -449,26 +523,40 @@ async fn an_outage_or_a_failing_page_leaves_the_store_untouched() {
     let mirror_before = h.db.dump_tables("sync.mirror_*");
 
     h.sim.apply(Scenario::Outage);
-    let out = run_binary(&h.config, &["sync", "--district", DISTRICT], &[]);
-    assert!(!out.status.success(), "an empty pull must fail the run:\n{}", output_text(&out));
-    assert!(output_text(&out).contains("came back empty"), "{}", output_text(&out));
+    let out = run_binary(&h.config, &["sync", "--district", DISTRICT], &[]).await;
+    assert!(
+        !out.status.success(),
+        "an empty pull must fail the run:\n{}",
+        output_text(&out)
+    );
+    assert!(
+        output_text(&out).contains("came back empty"),
+        "{}",
+        output_text(&out)
+    );
     assert_eq!(h.db.dump_schemas(&["roster"]), before);
     assert_eq!(h.db.dump_tables("sync.mirror_*"), mirror_before);
     h.sim.apply(Scenario::Restore);
 
     // A change upstream that must not land, and a page that keeps failing.
-    h.sim.with_data(|ds| ds.users[0].given_name = "Changed".into());
-    h.sim.set_faults(Faults { fail_path: Some(("enrollments".into(), u32::MAX)), ..Faults::default() });
-    let out = run_binary(&h.config, &["sync", "--district", DISTRICT], &[]);
+    h.sim
+        .with_data(|ds| ds.users[0].given_name = "Changed".into());
+    h.sim.set_faults(Faults {
+        fail_path: Some(("enrollments".into(), u32::MAX)),
+        ..Faults::default()
+    });
+    let out = run_binary(&h.config, &["sync", "--district", DISTRICT], &[]).await;
     assert!(!out.status.success(), "{}", output_text(&out));
     assert_eq!(h.db.dump_schemas(&["roster"]), before);
     assert_eq!(h.db.dump_tables("sync.mirror_*"), mirror_before);
 
     let mut conn = h.db.connect().await;
-    let failed: i64 = sqlx::query_scalar("SELECT count(*) FROM sync.runs WHERE outcome = 'failed' AND error IS NOT NULL")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
+    let failed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sync.runs WHERE outcome = 'failed' AND error IS NOT NULL",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
     assert_eq!(failed, 2);
 }
 
@@ -485,12 +573,19 @@ async fn canaries_in_demographics_and_secrets_reach_neither_database_nor_logs() 
             d.city_of_birth = BIRTH_CITY.into();
             d.birth_date = chrono::NaiveDate::from_ymd_opt(1999, 12, 31);
             d.state_of_birth_abbreviation = "ZQ".into();
-            d.metadata.insert("ext_economically_disadvantaged".into(), json!(EXTENSION));
+            d.metadata
+                .insert("ext_economically_disadvantaged".into(), json!(EXTENSION));
             d.metadata.insert("ext_504".into(), json!(EXTENSION));
-            d.extra.insert("ext_special_education".into(), json!(EXTENSION));
+            d.extra
+                .insert("ext_special_education".into(), json!(EXTENSION));
         }
     });
-    let out = run_binary(&h.config, &["sync", "--district", DISTRICT], &[("RUST_LOG", "trace")]);
+    let out = run_binary(
+        &h.config,
+        &["sync", "--district", DISTRICT],
+        &[("RUST_LOG", "trace")],
+    )
+    .await;
     let logs = output_text(&out);
     assert!(out.status.success(), "{logs}");
     let dump = h.db.dump();
@@ -531,10 +626,12 @@ async fn a_separate_store_converges_after_a_crash_between_the_two_databases() {
     .await
     .unwrap();
     let mut state = h.db.connect().await;
-    sqlx::query("UPDATE sync.districts SET pending_run_id = gen_random_uuid(), pending_since = now()")
-        .execute(&mut state)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE sync.districts SET pending_run_id = gen_random_uuid(), pending_since = now()",
+    )
+    .execute(&mut state)
+    .await
+    .unwrap();
 
     let report = h.sync().await;
     assert_eq!(report.outcome, Outcome::Applied, "{report:?}");
@@ -546,12 +643,15 @@ async fn a_separate_store_converges_after_a_crash_between_the_two_databases() {
         "source_modified_at": null,
     });
     ghost["status"] = json!("deleted");
-    want.get_mut("users").unwrap().insert("ghost-user".into(), ghost);
+    want.get_mut("users")
+        .unwrap()
+        .insert("ghost-user".into(), ghost);
     assert_store_eq(&store_rows(&store, DISTRICT).await, &want);
-    let pending: Option<uuid::Uuid> = sqlx::query_scalar("SELECT pending_run_id FROM sync.districts")
-        .fetch_one(&mut state)
-        .await
-        .unwrap();
+    let pending: Option<uuid::Uuid> =
+        sqlx::query_scalar("SELECT pending_run_id FROM sync.districts")
+            .fetch_one(&mut state)
+            .await
+            .unwrap();
     assert_eq!(pending, None);
     // And from there on the mirror is trusted again: nothing to do.
     assert_eq!(h.sync().await.outcome, Outcome::NothingToDo);
