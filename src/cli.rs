@@ -10,6 +10,7 @@ use tracing::{error, info};
 
 use crate::config::Settings;
 use crate::db::Databases;
+use crate::safety;
 use crate::sync::{self, Outcome, RunOptions, RunReport};
 use crate::telemetry;
 
@@ -61,10 +62,14 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
-    /// Let the district's held change set apply on its next run (not written yet).
+    /// Let the district's held change set apply on its next run.
     Approve {
         #[arg(long)]
         district: String,
+        /// Approve only if the held change set has this fingerprint (as `sync` and `status`
+        /// show it).
+        #[arg(long)]
+        fingerprint: Option<String>,
     },
     /// Apply database migrations.
     Migrate,
@@ -153,7 +158,39 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit { .. } => bail!("audit is not implemented yet"),
-        Command::Approve { .. } => bail!("approve is not implemented yet"),
+        Command::Approve {
+            district,
+            fingerprint,
+        } => {
+            if settings.district(&district).is_none() {
+                bail!("no district with id {district:?} in the configuration");
+            }
+            match safety::approve(&dbs.state, &district, fingerprint.as_deref())
+                .await
+                .context("approving the held change set")?
+            {
+                Some(held) => {
+                    info!(district = %district, fingerprint = %held.fingerprint, "held change set approved");
+                    println!(
+                        "approved change set {} of district {district} (held at {}, reasons: {}); \
+                         it applies on the district's next run if the source has not moved on",
+                        held.fingerprint,
+                        held.held_at.to_rfc3339(),
+                        held.reasons
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => {
+                    eprintln!(
+                        "oneroster-sync: district {district} has no held change set{}",
+                        fingerprint
+                            .map(|f| format!(" with fingerprint {f}"))
+                            .unwrap_or_default()
+                    );
+                    Ok(ExitCode::from(EXIT_FAILED))
+                }
+            }
+        }
         Command::CheckConfig => Ok(ExitCode::SUCCESS),
     }
 }
@@ -258,6 +295,35 @@ pub fn render_report(r: &RunReport) -> String {
             c.skipped
         ));
     }
+    if let Some(hold) = &r.hold {
+        let state = match (r.outcome, hold.approved) {
+            (Outcome::Held, _) => "HELD by safety limits: nothing was applied",
+            (Outcome::DryRun, false) => "would be HELD by safety limits",
+            (_, true) => "over safety limits but approved",
+            _ => "over safety limits",
+        };
+        out.push_str(&format!(
+            "change set {state} (fingerprint {})\n",
+            hold.fingerprint
+        ));
+        for b in &hold.breaches {
+            out.push_str(&format!("  {b}\n"));
+        }
+        if r.outcome == Outcome::Held {
+            out.push_str(&format!(
+                "  review it, then: oneroster-sync approve --district {}\n",
+                r.district
+            ));
+        }
+    }
+    if !r.samples.is_empty() {
+        out.push_str("sample ids:\n");
+        for (entity, ops) in &r.samples {
+            for (op, ids) in ops {
+                out.push_str(&format!("  {entity} {op}: {}\n", ids.join(", ")));
+            }
+        }
+    }
     if !r.skipped.is_empty() {
         out.push_str("skipped records:\n");
         for s in r.skipped.iter().take(50) {
@@ -285,6 +351,30 @@ async fn print_status(dbs: &Databases) -> anyhow::Result<()> {
     .fetch_all(&dbs.state)
     .await
     .context("reading the run history")?;
+    let held: Vec<(
+        String,
+        String,
+        chrono::DateTime<chrono::Utc>,
+        bool,
+        serde_json::Value,
+    )> = sqlx::query_as(
+        "SELECT district_id, fingerprint, held_at, approved_at IS NOT NULL, reasons
+         FROM sync.held_change_sets WHERE released_at IS NULL ORDER BY district_id, held_at DESC",
+    )
+    .fetch_all(&dbs.state)
+    .await
+    .context("reading held change sets")?;
+    for (district, fingerprint, held_at, approved, reasons) in held {
+        println!(
+            "{district:<20} HELD since {} fingerprint {fingerprint}{} reasons {reasons}",
+            held_at.to_rfc3339(),
+            if approved {
+                " (approved, applies on the next run)"
+            } else {
+                ""
+            }
+        );
+    }
     for (district, outcome, started, error) in rows {
         println!(
             "{district:<20} {} {outcome:<14} {}",

@@ -18,6 +18,8 @@ use serde::Deserialize;
 use sqlx::postgres::PgConnectOptions;
 use url::{Host, Url};
 
+use crate::domain::Entity;
+
 /// Every default of the configuration, in one place (the example config documents the same).
 pub mod defaults {
     use std::time::Duration;
@@ -34,6 +36,13 @@ pub mod defaults {
     pub const MAX_RETRIES: u32 = 6;
     pub const RUN_TIMEOUT: Duration = Duration::from_secs(4 * 60 * 60);
     pub const DEMOGRAPHICS: bool = true;
+    /// Safety limits (CONTRACT §6), per entity type: Clever holds more than 10 % deleted or
+    /// 75 % updated; Entra Connect holds 500 deletions; Okta applies percentages only above a
+    /// floor of 100.
+    pub const MAX_DELETE_PERCENT: f64 = 10.0;
+    pub const MAX_DELETE_COUNT: u64 = 500;
+    pub const MAX_UPDATE_PERCENT: f64 = 75.0;
+    pub const MIN_POPULATION: u64 = 100;
 }
 
 /// Limits on numeric district keys (inclusive).
@@ -261,6 +270,8 @@ pub struct DistrictConfig {
     pub max_retries: u32,
     pub run_timeout: Duration,
     pub demographics: bool,
+    /// Safety limits per entity type (every type has an entry).
+    pub limits: BTreeMap<Entity, SafetyLimits>,
 }
 
 /// Where a district's client secret (or bearer token) comes from.
@@ -406,9 +417,55 @@ struct RawDistrict {
     max_retries: Option<i64>,
     run_timeout: Option<String>,
     demographics: Option<bool>,
+    max_delete_percent: Option<f64>,
+    max_delete_count: Option<i64>,
+    max_update_percent: Option<f64>,
+    max_update_count: Option<i64>,
+    min_population: Option<i64>,
+    /// Per entity type overrides of the limits above: `[districts.limits.enrollments]`.
+    limits: Option<BTreeMap<String, RawLimits>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_delete_percent: Option<f64>,
+    max_delete_count: Option<i64>,
+    max_update_percent: Option<f64>,
+    max_update_count: Option<i64>,
+    min_population: Option<i64>,
 }
 
 // ---- loading -----------------------------------------------------------------------------------
+
+/// When a run's change set is held for approval instead of applied (CONTRACT §6). Judged per
+/// entity type against the rows of that type active before the run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SafetyLimits {
+    /// More than this share of the active rows deleted holds the run (only when at least
+    /// `min_population` rows are active).
+    pub max_delete_percent: f64,
+    /// More than this many rows deleted holds the run, whatever the population.
+    pub max_delete_count: u64,
+    /// More than this share of the active rows updated holds the run (same population rule).
+    pub max_update_percent: f64,
+    /// More than this many rows updated holds the run; `None`: no absolute update limit.
+    pub max_update_count: Option<u64>,
+    /// Below this many active rows the percentages do not apply.
+    pub min_population: u64,
+}
+
+impl Default for SafetyLimits {
+    fn default() -> Self {
+        SafetyLimits {
+            max_delete_percent: defaults::MAX_DELETE_PERCENT,
+            max_delete_count: defaults::MAX_DELETE_COUNT,
+            max_update_percent: defaults::MAX_UPDATE_PERCENT,
+            max_update_count: None,
+            min_population: defaults::MIN_POPULATION,
+        }
+    }
+}
 
 impl Settings {
     /// Loads `path`, applies the process environment's overrides, and validates everything.
@@ -550,6 +607,19 @@ impl Settings {
             let _ = writeln!(out, "  max_retries: {}", d.max_retries);
             let _ = writeln!(out, "  run_timeout: {}", h(d.run_timeout));
             let _ = writeln!(out, "  demographics: {}", d.demographics);
+            for (entity, l) in &d.limits {
+                let _ = writeln!(
+                    out,
+                    "  limits.{entity}: delete > {}% or > {} rows, update > {}%{} (percentages from {} active rows)",
+                    l.max_delete_percent,
+                    l.max_delete_count,
+                    l.max_update_percent,
+                    l.max_update_count
+                        .map(|n| format!(" or > {n} rows"))
+                        .unwrap_or_default(),
+                    l.min_population
+                );
+            }
         }
         out
     }
@@ -839,7 +909,7 @@ fn parse_district(
         id: declared_id.or_else(|| default_id.clone()),
         origin: origin.clone(),
     };
-    let raw: RawDistrict = value.try_deserialize().map_err(|e| translate(e, &scope))?;
+    let mut raw: RawDistrict = value.try_deserialize().map_err(|e| translate(e, &scope))?;
 
     let id = raw
         .id
@@ -943,6 +1013,14 @@ fn parse_district(
             ),
         ));
     }
+    let raw_limits = RawLimits {
+        max_delete_percent: raw.max_delete_percent,
+        max_delete_count: raw.max_delete_count,
+        max_update_percent: raw.max_update_percent,
+        max_update_count: raw.max_update_count,
+        min_population: raw.min_population,
+    };
+    let raw_overrides = raw.limits.take();
     let district = DistrictConfig {
         base_url,
         auth,
@@ -990,9 +1068,80 @@ fn parse_district(
             defaults::RUN_TIMEOUT,
         )?,
         demographics: raw.demographics.unwrap_or(defaults::DEMOGRAPHICS),
+        limits: safety_limits(&scope, &raw_limits, raw_overrides)?,
         id,
     };
     Ok((district, secret_source))
+}
+
+/// The district-wide limits, then per entity type overrides (`limits.<entity>`).
+fn safety_limits(
+    scope: &Scope,
+    district: &RawLimits,
+    overrides: Option<BTreeMap<String, RawLimits>>,
+) -> Result<BTreeMap<Entity, SafetyLimits>, ConfigError> {
+    let base = apply_limits(scope, "", SafetyLimits::default(), district)?;
+    let mut overrides = overrides.unwrap_or_default();
+    for name in overrides.keys() {
+        if !Entity::ALL.iter().any(|e| e.as_str() == name) {
+            return Err(scope.key(
+                &format!("limits.{name}"),
+                format!(
+                    "not an entity type (one of {})",
+                    Entity::ALL.map(|e| e.as_str()).join(", ")
+                ),
+            ));
+        }
+    }
+    let mut limits = BTreeMap::new();
+    for entity in Entity::ALL {
+        let own = overrides.remove(entity.as_str()).unwrap_or_default();
+        let prefix = format!("limits.{}.", entity.as_str());
+        limits.insert(entity, apply_limits(scope, &prefix, base, &own)?);
+    }
+    Ok(limits)
+}
+
+fn apply_limits(
+    scope: &Scope,
+    prefix: &str,
+    mut limits: SafetyLimits,
+    raw: &RawLimits,
+) -> Result<SafetyLimits, ConfigError> {
+    let percent = |key: &str, value: f64| {
+        if (0.0..=100.0).contains(&value) {
+            Ok(value)
+        } else {
+            Err(scope.key(
+                &format!("{prefix}{key}"),
+                format!("must be a percentage between 0 and 100 (got {value})"),
+            ))
+        }
+    };
+    let count = |key: &str, value: i64| {
+        u64::try_from(value).map_err(|_| {
+            scope.key(
+                &format!("{prefix}{key}"),
+                format!("must not be negative (got {value})"),
+            )
+        })
+    };
+    if let Some(v) = raw.max_delete_percent {
+        limits.max_delete_percent = percent("max_delete_percent", v)?;
+    }
+    if let Some(v) = raw.max_update_percent {
+        limits.max_update_percent = percent("max_update_percent", v)?;
+    }
+    if let Some(v) = raw.max_delete_count {
+        limits.max_delete_count = count("max_delete_count", v)?;
+    }
+    if let Some(v) = raw.max_update_count {
+        limits.max_update_count = Some(count("max_update_count", v)?);
+    }
+    if let Some(v) = raw.min_population {
+        limits.min_population = count("min_population", v)?;
+    }
+    Ok(limits)
 }
 
 fn required_client_id(

@@ -19,6 +19,7 @@ pub mod domain;
 pub mod mirror;
 pub mod normalize;
 pub mod oneroster;
+pub mod safety;
 pub mod store;
 pub mod sync;
 pub mod telemetry;

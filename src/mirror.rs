@@ -751,6 +751,54 @@ pub async fn diff(
     Ok(counts)
 }
 
+/// Sample ids per entity and operation (`create`, `update`, `reactivate`, `delete`), for change
+/// reports and held change sets: ids only, never content.
+pub type Samples = BTreeMap<Entity, BTreeMap<String, Vec<String>>>;
+
+pub async fn samples(conn: &mut PgConnection, per_operation: i64) -> Result<Samples, MirrorError> {
+    let mut out = Samples::new();
+    for entity in Entity::ALL {
+        let e = entity.as_str();
+        let rows: Vec<(String, Vec<String>)> = sqlx::query_as(sql!(
+            "SELECT op, (array_agg(sourced_id ORDER BY sourced_id))[1:$1] FROM (
+                SELECT op, sourced_id FROM apply_{e}
+                UNION ALL SELECT 'delete', sourced_id FROM del_{e}
+             ) c GROUP BY op"
+        ))
+        .bind(per_operation)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db("sampling changes"))?;
+        if !rows.is_empty() {
+            out.insert(entity, rows.into_iter().collect());
+        }
+    }
+    Ok(out)
+}
+
+/// A digest of the whole change set (every row to write, with its operation and stored
+/// content hash, and every deletion): what an approval refers to.
+pub async fn fingerprint(conn: &mut PgConnection) -> Result<String, MirrorError> {
+    let parts = Entity::ALL
+        .iter()
+        .map(|entity| {
+            let e = entity.as_str();
+            format!(
+                "SELECT '{e}' AS part, md5(coalesce(string_agg(sourced_id || '/' || op || '/' || coalesce(hash, ''), ',' ORDER BY sourced_id), '')) AS h FROM apply_{e}
+                 UNION ALL
+                 SELECT '{e}-deleted', md5(coalesce(string_agg(sourced_id, ',' ORDER BY sourced_id), '')) FROM del_{e}"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\nUNION ALL\n");
+    sqlx::query_scalar(sql!(
+        "SELECT md5(string_agg(part || '=' || h, ';' ORDER BY part)) FROM ({parts}) p"
+    ))
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(db("fingerprinting the change set"))
+}
+
 /// Moves the mirror to what was just applied: `apply_*` rows as they were stored, `del_*`
 /// rows as deleted (content unknown, so no hash: if the record comes back it is applied).
 pub async fn advance(conn: &mut PgConnection, district: &str) -> Result<(), MirrorError> {

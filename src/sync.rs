@@ -17,9 +17,10 @@ use uuid::Uuid;
 use crate::config::DistrictConfig;
 use crate::db::{Databases, DbError};
 use crate::domain::{Entity, Skipped, Warning};
-use crate::mirror::{self, ChangeCounts, DiffMode, MirrorError, StageRow};
+use crate::mirror::{self, ChangeCounts, DiffMode, MirrorError, Samples, StageRow};
 use crate::normalize;
 use crate::oneroster::{self, Endpoint, FetchError, OneRosterClient, PullQuery, WireRecord};
+use crate::safety::{self, Breach};
 use crate::store::{self, StoreError};
 
 /// How many times a pull starts over when the upstream revision moves under it.
@@ -28,6 +29,8 @@ const MAX_PULL_ATTEMPTS: usize = 4;
 const SKIPPED_LOG_LINES: usize = 100;
 /// Skipped records kept in the run history row.
 const SKIPPED_HISTORY: usize = 5_000;
+/// Sample ids per entity and operation in change reports and held change sets.
+const SAMPLE_IDS: i64 = 10;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RunOptions {
@@ -81,7 +84,21 @@ pub struct RunReport {
     pub counts: BTreeMap<Entity, EntityCounts>,
     pub skipped: Vec<Skipped>,
     pub warnings: usize,
+    /// Sample ids of the change set per entity and operation.
+    pub samples: Samples,
+    /// Set when the change set goes over a safety limit (held, or would be in a dry run, or
+    /// applied because it was approved).
+    pub hold: Option<Hold>,
     pub error: Option<String>,
+}
+
+/// Why a change set was (or would be) held, and how it is identified for `approve`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Hold {
+    pub fingerprint: String,
+    pub breaches: Vec<Breach>,
+    /// The operator approved exactly this change set, so it was applied.
+    pub approved: bool,
 }
 
 impl RunReport {
@@ -144,6 +161,8 @@ pub async fn run_once(
             skipped: Vec::new(),
             warnings: 0,
             revision: None,
+            samples: Samples::new(),
+            hold: None,
         };
         for entity in Entity::ALL {
             run.counts.insert(entity, EntityCounts::default());
@@ -186,6 +205,8 @@ struct Run {
     skipped: Vec<Skipped>,
     warnings: usize,
     revision: Option<String>,
+    samples: Samples,
+    hold: Option<Hold>,
 }
 
 impl Run {
@@ -266,6 +287,30 @@ async fn cycle_in_session(
         }
     }
     let total: i64 = changes.values().map(ChangeCounts::total).sum();
+    run.samples = mirror::samples(session, SAMPLE_IDS).await?;
+
+    // The safety gate: over a limit, nothing is applied unless this exact change set was
+    // approved.
+    let breaches = safety::judge(&changes, &active, &district.limits);
+    if !breaches.is_empty() {
+        let fingerprint = mirror::fingerprint(session).await?;
+        let approved = safety::is_approved(&dbs.state, &district.id, &fingerprint)
+            .await
+            .map_err(db("reading held change sets"))?;
+        run.hold = Some(Hold {
+            fingerprint: fingerprint.clone(),
+            breaches: breaches.clone(),
+            approved,
+        });
+        if dry_run {
+            return Ok(Outcome::DryRun);
+        }
+        if !approved {
+            hold(dbs, district, run_id, run, &fingerprint, &breaches).await?;
+            return Ok(Outcome::Held);
+        }
+        info!(fingerprint = %fingerprint, "applying an approved change set");
+    }
 
     if dry_run {
         return Ok(Outcome::DryRun);
@@ -289,7 +334,75 @@ async fn cycle_in_session(
             .map_err(db("committing the apply transaction"))?;
     }
     mark_success(&dbs.state, &district.id, run.revision.as_deref()).await?;
+    if let Some(hold) = &run.hold {
+        safety::release(&dbs.state, &district.id, &hold.fingerprint)
+            .await
+            .map_err(db("releasing the approved change set"))?;
+    }
     Ok(Outcome::Applied)
+}
+
+/// Keeps the change set for approval and says so in one error-level line: the district, the
+/// counts, the limits and how to approve.
+async fn hold(
+    dbs: &Databases,
+    district: &DistrictConfig,
+    run_id: Uuid,
+    run: &Run,
+    fingerprint: &str,
+    breaches: &[Breach],
+) -> Result<(), SyncError> {
+    let counts = counts_json(&run.counts);
+    let samples = serde_json::to_value(
+        run.samples
+            .iter()
+            .map(|(e, ops)| (e.as_str(), ops))
+            .collect::<BTreeMap<_, _>>(),
+    )
+    .unwrap_or_default();
+    let reasons = serde_json::to_value(breaches).unwrap_or_default();
+    safety::hold(
+        &dbs.state,
+        &district.id,
+        fingerprint,
+        run_id,
+        &counts,
+        &samples,
+        &reasons,
+    )
+    .await
+    .map_err(db("storing the held change set"))?;
+    let reasons = breaches
+        .iter()
+        .map(Breach::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    let c = |e: Entity| run.counts.get(&e).copied().unwrap_or_default();
+    error!(
+        district = %district.id,
+        fingerprint = %fingerprint,
+        reasons = %reasons,
+        users_deleted = c(Entity::Users).deleted,
+        users_updated = c(Entity::Users).updated + c(Entity::Users).reactivated,
+        classes_deleted = c(Entity::Classes).deleted,
+        classes_updated = c(Entity::Classes).updated + c(Entity::Classes).reactivated,
+        enrollments_deleted = c(Entity::Enrollments).deleted,
+        enrollments_updated = c(Entity::Enrollments).updated + c(Entity::Enrollments).reactivated,
+        approve_with = %format!("oneroster-sync approve --district {}", district.id),
+        "change set held by safety limits, nothing applied: {reasons}; review it (sync --dry-run) and run `oneroster-sync approve --district {}` to apply it",
+        district.id
+    );
+    Ok(())
+}
+
+fn counts_json(counts: &BTreeMap<Entity, EntityCounts>) -> serde_json::Value {
+    serde_json::to_value(
+        counts
+            .iter()
+            .map(|(e, c)| (e.as_str(), c))
+            .collect::<BTreeMap<_, _>>(),
+    )
+    .unwrap_or_default()
 }
 
 /// Applies to a roster store in another database; see the store module for the protocol and
@@ -617,6 +730,8 @@ async fn finish(
         counts: run.counts,
         skipped: run.skipped,
         warnings: run.warnings,
+        samples: run.samples,
+        hold: run.hold,
         error,
     };
     if let Err(e) = record_finish(&dbs.state, &report).await {
@@ -627,14 +742,7 @@ async fn finish(
 }
 
 async fn record_finish(state: &sqlx::PgPool, report: &RunReport) -> Result<(), SyncError> {
-    let counts = serde_json::to_value(
-        report
-            .counts
-            .iter()
-            .map(|(e, c)| (e.as_str(), c))
-            .collect::<BTreeMap<_, _>>(),
-    )
-    .unwrap_or_default();
+    let counts = counts_json(&report.counts);
     let skipped = serde_json::to_value(
         report
             .skipped

@@ -66,6 +66,11 @@ CREATE TABLE IF NOT EXISTS sync.held_change_sets (
     samples      jsonb NOT NULL DEFAULT '{}',
     reasons      jsonb NOT NULL DEFAULT '[]',
     approved_at  timestamptz,
+    -- set when the change set stops being pending: 'applied' (approved and applied) or
+    -- 'superseded' (the source moved on; a newer change set was judged instead)
     released_at  timestamptz,
+    resolution   text,
     PRIMARY KEY (district_id, fingerprint)
 );
+CREATE INDEX IF NOT EXISTS held_change_sets_pending_idx
+    ON sync.held_change_sets (district_id, held_at DESC) WHERE released_at IS NULL;

@@ -48,6 +48,7 @@ fn district(sim: &SimHandle, auth: AuthConfig) -> DistrictConfig {
         max_retries: 3,
         run_timeout: Duration::from_secs(60),
         demographics: true,
+        limits: Default::default(),
     }
 }
 

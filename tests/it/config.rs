@@ -859,3 +859,58 @@ fn the_shipped_example_config_loads_without_any_environment() {
     );
     assert!(!text.contains("sim-secret"), "{text}");
 }
+
+// ---- safety limits ------------------------------------------------------------------------------
+
+#[test]
+fn safety_limits_default_then_district_then_per_entity() {
+    use oneroster_sync::config::SafetyLimits;
+    use oneroster_sync::domain::Entity;
+    let s = district(&with_inline_secret(
+        "max_delete_count = 50\nmin_population = 10\n[districts.limits.enrollments]\nmax_delete_count = 5000\nmax_update_count = 7\n",
+    ))
+    .unwrap();
+    let d = s.district("lakeside").unwrap();
+    assert_eq!(d.limits.len(), Entity::ALL.len());
+    let users = d.limits[&Entity::Users];
+    assert_eq!(
+        users,
+        SafetyLimits {
+            max_delete_count: 50,
+            min_population: 10,
+            ..SafetyLimits::default()
+        }
+    );
+    let enrollments = d.limits[&Entity::Enrollments];
+    assert_eq!(enrollments.max_delete_count, 5000);
+    assert_eq!(enrollments.max_update_count, Some(7));
+    assert_eq!(
+        enrollments.min_population, 10,
+        "district-wide keys apply under overrides"
+    );
+    assert_eq!(enrollments.max_delete_percent, 10.0);
+}
+
+#[test]
+fn safety_limit_errors_name_the_district_and_key() {
+    assert_err(
+        district(&with_inline_secret("max_delete_percent = 150")),
+        &["lakeside", "max_delete_percent", "percentage"],
+    );
+    assert_err(
+        district(&with_inline_secret("max_delete_count = -1")),
+        &["lakeside", "max_delete_count"],
+    );
+    assert_err(
+        district(&with_inline_secret(
+            "[districts.limits.students]\nmax_delete_count = 1",
+        )),
+        &["lakeside", "limits.students", "entity type"],
+    );
+    assert_err(
+        district(&with_inline_secret(
+            "[districts.limits.users]\nmax_delete_cuont = 1",
+        )),
+        &["lakeside", "max_delete_cuont"],
+    );
+}

@@ -3,5 +3,6 @@
 mod client;
 mod config;
 mod migrations;
+mod safety;
 mod support;
 mod sync;
