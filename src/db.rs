@@ -49,20 +49,23 @@ pub struct Databases {
 
 impl Databases {
     pub async fn connect(settings: &Settings) -> Result<Databases, DbError> {
-        let state_options = settings
-            .database
-            .connect_options()
-            .map_err(|e| DbError::Settings {
-                which: "state",
-                message: e.to_string(),
-            })?;
+        let state_options =
+            quiet(
+                settings
+                    .database
+                    .connect_options()
+                    .map_err(|e| DbError::Settings {
+                        which: "state",
+                        message: e.to_string(),
+                    })?,
+            );
         let state_target = settings.database.redacted();
         let (store_options, store_target, store_is_separate) = match &settings.store {
             Some(store) => {
-                let options = store.connect_options().map_err(|e| DbError::Settings {
+                let options = quiet(store.connect_options().map_err(|e| DbError::Settings {
                     which: "store",
                     message: e.to_string(),
-                })?;
+                })?);
                 let separate = !same_database(&state_options, &options);
                 (options, store.redacted(), separate)
             }
@@ -151,6 +154,11 @@ async fn pool(
             target: target.to_string(),
             source,
         })
+}
+
+/// Postgres notices ("schema already exists, skipping") are noise in the daemon's logs.
+fn quiet(options: PgConnectOptions) -> PgConnectOptions {
+    options.options([("client_min_messages", "warning")])
 }
 
 fn same_database(a: &PgConnectOptions, b: &PgConnectOptions) -> bool {

@@ -152,8 +152,7 @@ fn db(doing: &'static str) -> impl FnOnce(sqlx::Error) -> MirrorError {
 
 /// Creates (or empties, when the pull restarts) the session's staging tables.
 pub async fn create_stage(conn: &mut PgConnection) -> Result<(), MirrorError> {
-    // Notices such as "table does not exist, skipping" are noise in the daemon's logs.
-    let mut sql = String::from("SET client_min_messages TO warning;\nDISCARD TEMP;\n");
+    let mut sql = String::from("DISCARD TEMP;\n");
     for entity in Entity::ALL {
         sql.push_str(&format!(
             "CREATE TEMP TABLE stage_{e} (sourced_id text NOT NULL, {defs});\n",

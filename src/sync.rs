@@ -611,9 +611,9 @@ where
         if counts_fetched && let Some(c) = run.counts.get_mut(&entity) {
             c.fetched += (page.records.len() + page.unreadable.len()) as i64;
         }
-        for bad in page.unreadable {
-            run.skip(entity, bad);
-        }
+        // Skipped records are staged too: they are "in the snapshot" for references and are
+        // not deletions.
+        let mut skipped = page.unreadable;
         let mut rows = Vec::with_capacity(page.records.len());
         for record in page.records {
             match normalize(record) {
@@ -633,10 +633,14 @@ where
                         message: skipped.reason,
                     });
                 }
-                Err(skipped) => run.skip(entity, skipped),
+                Err(bad) => skipped.push(bad),
             }
         }
         mirror::copy_rows(session, &rows).await?;
+        mirror::copy_skipped(session, &skipped).await?;
+        for bad in skipped {
+            run.skip(entity, bad);
+        }
     }
     Ok(true)
 }

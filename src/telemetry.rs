@@ -1,14 +1,21 @@
 //! Telemetry: one `tracing` subscriber for the whole process. JSON lines on stdout for
 //! containers and log shippers, a readable one-line format for people at a terminal.
 //!
-//! Every JSON line carries the fields of the span it was logged in (`span`) and of all enclosing
-//! spans (`spans`), so the per-run span's `district` and `run_id` are on every line of a run.
+//! A JSON line is one flat object: `timestamp`, `level`, `target`, `span` (the innermost span's
+//! name), the fields of every enclosing span, then the event's own fields (`message` among them).
+//! So the per-run span's `district` and `run_id` are top-level keys of every line of a run, where
+//! a log query or alert finds them without knowing about spans.
 
+use std::fmt;
 use std::io::IsTerminal;
 
-use tracing::Subscriber;
+use serde_json::{Map, Value};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields, MakeWriter};
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::{LogFormat, LogSettings};
@@ -48,11 +55,9 @@ where
     match format {
         LogFormat::Json => Box::new(
             tracing_subscriber::fmt()
-                .json()
-                // Event fields at the top level rather than under "fields", for easy querying.
-                .flatten_event(true)
-                .with_current_span(true)
-                .with_span_list(true)
+                // Span fields are kept as JSON text, which FlatJson merges into each line.
+                .fmt_fields(JsonFields::new())
+                .event_format(FlatJson)
                 .with_env_filter(filter)
                 .with_writer(writer)
                 .finish(),
@@ -65,6 +70,74 @@ where
                 .with_writer(writer)
                 .finish(),
         ),
+    }
+}
+
+/// One flat JSON object per event (see the module documentation).
+struct FlatJson;
+
+impl<S, N> FormatEvent<S, N> for FlatJson
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let meta = event.metadata();
+        let mut line = Map::new();
+        line.insert(
+            "timestamp".into(),
+            Value::String(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+        );
+        line.insert("level".into(), Value::String(meta.level().to_string()));
+        line.insert("target".into(), Value::String(meta.target().to_string()));
+        if let Some(scope) = ctx.event_scope() {
+            let mut innermost = None;
+            for span in scope.from_root() {
+                innermost = Some(span.name());
+                let extensions = span.extensions();
+                if let Some(fields) = extensions.get::<FormattedFields<N>>()
+                    && let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(&fields.fields)
+                {
+                    line.extend(fields);
+                }
+            }
+            if let Some(name) = innermost {
+                line.insert("span".into(), Value::String(name.to_string()));
+            }
+        }
+        event.record(&mut FieldVisitor(&mut line));
+        writeln!(writer, "{}", Value::Object(line))
+    }
+}
+
+/// Records an event's fields as JSON values.
+struct FieldVisitor<'a>(&'a mut Map<String, Value>);
+
+impl Visit for FieldVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0
+            .insert(field.name().into(), Value::String(value.into()));
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().into(), Value::Bool(value));
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.0
+            .insert(field.name().into(), Value::String(format!("{value:?}")));
     }
 }
 
@@ -132,9 +205,10 @@ mod tests {
         assert_eq!(line["created"], 3);
         assert_eq!(line["message"], "run finished");
         assert_eq!(line["level"], "INFO");
-        assert_eq!(line["span"]["district"], "lakeside");
-        assert_eq!(line["span"]["run_id"], "r-1");
-        assert_eq!(line["spans"][0]["district"], "lakeside");
+        assert_eq!(line["district"], "lakeside");
+        assert_eq!(line["run_id"], "r-1");
+        assert_eq!(line["span"], "run");
+        assert_eq!(line["target"], module_path!());
         let timestamp = line["timestamp"].as_str().unwrap();
         assert!(
             chrono::DateTime::parse_from_rfc3339(timestamp).is_ok(),

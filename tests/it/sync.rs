@@ -486,8 +486,9 @@ async fn bad_records_are_skipped_by_id_and_the_rest_lands() {
     let (bad_role, no_status, orphan) = h.sim.with_data(|ds| {
         let bad_role = ds.users[0].sourced_id.clone();
         ds.users[0].role = "wizard".into();
+        // A missing required field: users cannot be used without a role.
         let no_status = ds.users[1].sourced_id.clone();
-        ds.users[1].extra.insert("status".into(), json!(""));
+        ds.users[1].role = "".into();
         let mut orphan = ds.enrollments[0].clone();
         orphan.sourced_id = "zz-orphan-enrollment".into();
         orphan.user = "no-such-user".into();
@@ -503,6 +504,33 @@ async fn bad_records_are_skipped_by_id_and_the_rest_lands() {
             "skipped id {id} not named in the output:\n{text}"
         );
     }
+    // Logs: JSON lines; every line of the run names the district and run; one summary line.
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let skipped_lines: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["message"] == "record skipped")
+        .collect();
+    assert_eq!(skipped_lines.len(), 3, "{text}");
+    let summaries: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["message"] == "run summary")
+        .collect();
+    assert_eq!(summaries.len(), 1, "{text}");
+    let run_id = summaries[0]["run_id"]
+        .as_str()
+        .expect("run_id on the summary line");
+    for line in lines.iter().filter(|l| l.get("run_id").is_some()) {
+        assert_eq!(line["district"], DISTRICT, "{line}");
+        assert_eq!(line["run_id"], run_id, "{line}");
+    }
+    assert!(skipped_lines.iter().all(|l| l["run_id"] == run_id));
+    assert_eq!(summaries[0]["outcome"], "applied");
+    assert_eq!(summaries[0]["users_skipped"], 2);
+    assert_eq!(summaries[0]["enrollments_skipped"], 1);
+    assert!(summaries[0]["duration_ms"].is_u64());
     let rows = store_rows(&h.db, DISTRICT).await;
     assert!(!rows["users"].contains_key(&bad_role));
     assert!(!rows["enrollments"].contains_key(&orphan));
