@@ -511,7 +511,7 @@ impl Facts {
                 entity,
                 tally,
                 format!(
-                    "{} {entity} records would be skipped: {reason}",
+                    "{} {entity} record(s) would be skipped by a sync: {reason}",
                     tally.count
                 ),
             ));
@@ -522,7 +522,7 @@ impl Facts {
                 Severity::Warning,
                 entity,
                 tally,
-                format!("{} {entity} records: {message}", tally.count),
+                format!("{} {entity} record(s): {message}", tally.count),
             ));
         }
         if self.unrecognized_sex.count > 0 {
@@ -739,7 +739,7 @@ impl Facts {
                     "users",
                     &tally,
                     format!(
-                        "{} active users share {values} {field} values{}",
+                        "{} active users share {values} {field} value(s){}",
                         tally.count,
                         if field == "identifier" {
                             ""
@@ -1065,5 +1065,233 @@ impl AuditReport {
             }
         );
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn date(y: i32, m: u32, d: u32) -> Option<NaiveDate> {
+        NaiveDate::from_ymd_opt(y, m, d)
+    }
+
+    fn complete(facts: &mut Facts, entities: &[&'static str]) {
+        for entity in entities {
+            facts.total(entity).complete = true;
+        }
+    }
+
+    fn codes(report: &AuditReport) -> Vec<(&'static str, Severity, u64)> {
+        report
+            .findings
+            .iter()
+            .map(|f| (f.code, f.severity, f.count))
+            .collect()
+    }
+
+    /// A class `c1` in term `t1` (2026-08-17 .. 2027-01-23) with one active enrollment per
+    /// (begin, end) given.
+    fn term_facts(dates: &[(Option<NaiveDate>, Option<NaiveDate>)]) -> Facts {
+        let mut facts = Facts::default();
+        complete(&mut facts, &["academic_sessions", "classes", "enrollments"]);
+        facts.sessions.insert(
+            "t1".into(),
+            SessionFacts {
+                active: true,
+                parent: None,
+                session_type: Some("semester".into()),
+                start: date(2026, 8, 17),
+                end: date(2027, 1, 23),
+            },
+        );
+        facts.classes.insert(
+            "c1".into(),
+            ClassFacts {
+                active: true,
+                school: None,
+                course: None,
+                terms: vec!["t1".into()],
+                class_type: Some("scheduled".into()),
+            },
+        );
+        for (i, (begin, end)) in dates.iter().enumerate() {
+            facts.enrollments.push(EnrollmentFacts {
+                id: format!("e{i}"),
+                active: true,
+                user: "u1".into(),
+                class: "c1".into(),
+                teacher: false,
+                begin: *begin,
+                end: *end,
+            });
+        }
+        facts
+    }
+
+    #[test]
+    fn enrollment_end_is_exclusive_against_the_term_end() {
+        let facts = term_facts(&[
+            (date(2026, 8, 17), date(2027, 1, 24)), // the day after the term: inside
+            (None, None),                           // no dates: not judged
+            (date(2026, 8, 16), None),              // a day early
+            (None, date(2027, 1, 25)),              // two days late
+        ]);
+        let mut findings = Vec::new();
+        facts.term_dates(&mut findings);
+        assert_eq!(findings.len(), 1);
+        assert_eq!(findings[0].code, "enrollment_outside_term");
+        assert_eq!(findings[0].samples, vec!["e2", "e3"]);
+    }
+
+    #[test]
+    fn dangling_share_decides_blocking_and_incomplete_targets_are_not_judged() {
+        let mut facts = Facts::default();
+        complete(&mut facts, &["users", "classes", "enrollments"]);
+        facts.total("enrollments").fetched = 200;
+        facts.classes.insert(
+            "c1".into(),
+            ClassFacts {
+                active: true,
+                school: None,
+                course: None,
+                terms: Vec::new(),
+                class_type: None,
+            },
+        );
+        let enrollment = |id: &str, user: &str| EnrollmentFacts {
+            id: id.into(),
+            active: true,
+            user: user.into(),
+            class: "c1".into(),
+            teacher: false,
+            begin: None,
+            end: None,
+        };
+        facts.enrollments.push(enrollment("e1", "ghost"));
+        facts.enrollments.push(enrollment("e2", "ghost"));
+        let mut findings = Vec::new();
+        facts.dangling(&mut findings);
+        // 2 of 200 is exactly 1 %: not over it.
+        assert_eq!(findings.len(), 1);
+        assert_eq!(
+            (findings[0].code, findings[0].severity, findings[0].count),
+            ("dangling_enrollment_user", Severity::Warning, 2)
+        );
+        facts.enrollments.push(enrollment("e3", "ghost"));
+        let mut findings = Vec::new();
+        facts.dangling(&mut findings);
+        assert_eq!(findings[0].severity, Severity::Blocking);
+
+        // Users not fetched completely: every reference would look dangling; say nothing.
+        facts.total("users").complete = false;
+        let mut findings = Vec::new();
+        facts.dangling(&mut findings);
+        assert!(findings.is_empty());
+    }
+
+    #[test]
+    fn duplicates_ignore_case_for_usernames_not_for_identifiers() {
+        let mut facts = Facts::default();
+        complete(&mut facts, &["users"]);
+        for (id, username, identifier) in
+            [("u1", "Ana", "A1"), ("u2", "ana", "a1"), ("u3", "bo", "B")]
+        {
+            push_holder(&mut facts.usernames, username.to_lowercase(), id);
+            push_holder(&mut facts.identifiers, identifier.to_owned(), id);
+        }
+        let report = facts.report("d");
+        assert_eq!(
+            codes(&report),
+            vec![("duplicate_username", Severity::Warning, 2)]
+        );
+        assert_eq!(report.findings[0].samples, vec!["u1", "u2"]);
+        assert!(!report.blocking);
+    }
+
+    #[test]
+    fn coverage_below_half_is_a_warning_with_the_students_without() {
+        let mut facts = Facts::default();
+        complete(&mut facts, &["users", "demographics"]);
+        for id in ["s1", "s2", "s3"] {
+            facts.users.insert(
+                id.into(),
+                UserFacts {
+                    active: true,
+                    role: "student".into(),
+                    orgs: vec!["o".into()],
+                },
+            );
+        }
+        facts.demographics.insert(
+            "s1".into(),
+            DemographicsFacts {
+                gender: true,
+                ethnicity: true,
+                race: false,
+            },
+        );
+        facts.demographics.insert(
+            "s2".into(),
+            DemographicsFacts {
+                gender: true,
+                ethnicity: false,
+                race: false,
+            },
+        );
+        let report = facts.report("d");
+        let by_code = |code: &str| {
+            report
+                .findings
+                .iter()
+                .find(|f| f.code == code)
+                .cloned()
+                .unwrap()
+        };
+        let gender = by_code("coverage_gender");
+        assert_eq!((gender.severity, gender.count), (Severity::Info, 2));
+        assert_eq!(gender.samples, vec!["s3"]);
+        let ethnicity = by_code("coverage_ethnicity");
+        assert_eq!(
+            (ethnicity.severity, ethnicity.count),
+            (Severity::Warning, 1)
+        );
+        assert_eq!(ethnicity.samples, vec!["s2", "s3"]);
+        // Warnings sort before info.
+        assert_eq!(report.findings[0].severity, Severity::Warning);
+    }
+
+    #[test]
+    fn fetch_failures_are_blocking_and_classified() {
+        let forbidden = fetch_finding(
+            Endpoint::Demographics,
+            &FetchError::Forbidden {
+                endpoint: Endpoint::Demographics,
+            },
+        );
+        assert_eq!(
+            (forbidden.code, forbidden.severity, forbidden.entity),
+            ("permission_denied", Severity::Blocking, "demographics")
+        );
+        let unauthorized = fetch_finding(
+            Endpoint::Users,
+            &FetchError::Unauthorized {
+                endpoint: Endpoint::Users,
+            },
+        );
+        assert_eq!(unauthorized.code, "credentials_rejected");
+        let incomplete = fetch_finding(
+            Endpoint::Users,
+            &FetchError::IncompletePage {
+                endpoint: Endpoint::Users,
+                offset: 500,
+                expected: 500,
+                got: 10,
+            },
+        );
+        assert_eq!(
+            (incomplete.code, incomplete.severity),
+            ("fetch_failed", Severity::Blocking)
+        );
     }
 }

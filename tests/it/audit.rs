@@ -385,3 +385,29 @@ async fn audit_needs_no_database() {
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     assert_eq!(json_report(&out)["blocking"], false);
 }
+
+#[tokio::test]
+async fn rejected_credentials_are_blocking_and_the_secret_is_not_shown() {
+    let sim = oneroster_sim::spawn(SimConfig::new(7, Counts::tiny()))
+        .await
+        .expect("start simulator");
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = "wrong-secret-5e1d";
+    let toml = district_toml(&sim, DISTRICT, "").replace(
+        &format!("client_secret = \"{}\"", sim.credentials().client_secret),
+        &format!("client_secret = \"{wrong}\""),
+    );
+    assert!(toml.contains(wrong));
+    let db = TestDb::new().await;
+    let config = write_config(dir.path(), &db.url, None, &toml);
+
+    let out = audit(&config, "json").await;
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    let report = json_report(&out);
+    let all = findings(&report);
+    assert!(!all.is_empty());
+    // Every endpoint was tried, and each failed on its credentials.
+    assert_eq!(find(&report, "credentials_rejected").len(), 7, "{report:#}");
+    assert!(all.iter().all(|f| f["severity"] == "blocking"));
+    assert_no_secrets(&out, wrong);
+}
