@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
+use crate::audit;
 use crate::config::Settings;
 use crate::db::Databases;
 use crate::safety;
@@ -55,10 +56,12 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
-    /// Pre-enablement data audit of a district (not written yet).
+    /// Pre-enablement data audit of a district: fetch, validate, report; writes nothing.
+    /// Exit 0 when no blocking finding, 1 otherwise.
     Audit {
         #[arg(long)]
         district: String,
+        /// `json`: one JSON document on the last line of stdout (after the log lines).
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
@@ -123,6 +126,10 @@ pub fn main() -> ExitCode {
 }
 
 async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
+    // The audit only reads the district's API: it needs no database and must write nothing.
+    if let Command::Audit { district, format } = &command {
+        return audit_district(&settings, district, *format).await;
+    }
     let dbs = Databases::connect(&settings).await?;
     dbs.migrate().await?;
     match command {
@@ -157,7 +164,6 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
             print_status(&dbs).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Audit { .. } => bail!("audit is not implemented yet"),
         Command::Approve {
             district,
             fingerprint,
@@ -191,8 +197,37 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
                 }
             }
         }
-        Command::CheckConfig => Ok(ExitCode::SUCCESS),
+        // Both are handled before the database is opened (check-config in `main`).
+        Command::Audit { .. } | Command::CheckConfig => Ok(ExitCode::SUCCESS),
     }
+}
+
+/// `audit --district ID`: exit 0 when no blocking finding, 1 otherwise.
+async fn audit_district(
+    settings: &Settings,
+    district: &str,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
+    if settings.district(district).is_none() {
+        bail!("no district with id {district:?} in the configuration");
+    }
+    // Audits come before go-live, so the district is usually `enabled = false`: read its
+    // secret now.
+    let district = settings.with_resolved_secret(district)?;
+    let report = audit::run(&district).await?;
+    match format {
+        // Logs share stdout: the document is one line, and the last one.
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string(&report).context("serializing the audit report")?
+        ),
+        Format::Text => println!("{}", report.render_text()),
+    }
+    Ok(if report.blocking {
+        ExitCode::from(EXIT_FAILED)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// Every enabled district in its own loop on its interval until SIGTERM/SIGINT; a run in

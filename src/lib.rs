@@ -12,6 +12,7 @@ macro_rules! sql {
     };
 }
 
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod db;

@@ -1,5 +1,6 @@
 //! All integration tests, in one binary so they link once.
 
+mod audit;
 mod client;
 mod config;
 mod migrations;
