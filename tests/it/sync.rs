@@ -684,3 +684,74 @@ async fn a_separate_store_converges_after_a_crash_between_the_two_databases() {
     // And from there on the mirror is trusted again: nothing to do.
     assert_eq!(h.sync().await.outcome, Outcome::NothingToDo);
 }
+
+#[tokio::test]
+async fn districts_never_touch_each_others_rows() {
+    // Two districts with the same generated data, hence the same sourcedIds, in one database.
+    let h = Harness::new(Counts::tiny()).await;
+    let other = oneroster_sim::spawn(SimConfig::new(7, Counts::tiny()))
+        .await
+        .unwrap();
+    let config = write_config(
+        h._dir.path(),
+        &h.db.url,
+        None,
+        &format!(
+            "{}\n{}",
+            district_toml(&h.sim, DISTRICT, ""),
+            district_toml(&other, "riverside", "")
+        ),
+    );
+    let settings = Settings::load(&config).unwrap();
+    let both = |id: &str| settings.district(id).unwrap().clone();
+    assert_eq!(
+        run_once(&h.dbs, &both(DISTRICT), RunOptions::default())
+            .await
+            .outcome,
+        Outcome::Applied
+    );
+    assert_eq!(
+        run_once(&h.dbs, &both("riverside"), RunOptions::default())
+            .await
+            .outcome,
+        Outcome::Applied
+    );
+    let riverside = store_rows(&h.db, "riverside").await;
+
+    // Lakeside loses a quarter of its users (held, then approved) and changes a name.
+    h.sim.with_data(|ds| {
+        ds.users[0].given_name = "Renamed".into();
+        let n = ds.users.len() / 4;
+        ds.users.truncate(ds.users.len() - n);
+    });
+    let report = run_once(&h.dbs, &both(DISTRICT), RunOptions::default()).await;
+    assert!(
+        matches!(report.outcome, Outcome::Applied | Outcome::Held),
+        "{report:?}"
+    );
+    if report.outcome == Outcome::Held {
+        oneroster_sync::safety::approve(&h.dbs.state, DISTRICT, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            run_once(&h.dbs, &both(DISTRICT), RunOptions::default())
+                .await
+                .outcome,
+            Outcome::Applied
+        );
+    }
+    assert_eq!(
+        store_rows(&h.db, "riverside").await,
+        riverside,
+        "riverside's rows changed"
+    );
+    assert_eq!(
+        run_once(&h.dbs, &both("riverside"), RunOptions::default())
+            .await
+            .outcome,
+        Outcome::NothingToDo,
+        "riverside's mirror was disturbed"
+    );
+    let lakeside = store_rows(&h.db, DISTRICT).await;
+    assert!(lakeside["users"].values().any(|u| u["status"] == "deleted"));
+}
