@@ -74,6 +74,12 @@ enum Command {
         #[arg(long)]
         fingerprint: Option<String>,
     },
+    /// Pull every collection of a district and discard it (no database): checks that the
+    /// district is reachable and readable, and measures the pull alone (the benchmark floor).
+    Pull {
+        #[arg(long)]
+        district: String,
+    },
     /// Apply database migrations.
     Migrate,
     /// Load and validate the configuration and print the districts (secrets redacted).
@@ -97,6 +103,15 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    if let Command::Pull { district } = &cli.command {
+        return match runtime_block_on(pull_district(&settings, district)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("oneroster-sync: {e:#}");
+                ExitCode::from(EXIT_FAILED)
+            }
+        };
+    }
     if let Command::CheckConfig = cli.command {
         println!("{}", settings.describe());
         return ExitCode::SUCCESS;
@@ -123,6 +138,107 @@ pub fn main() -> ExitCode {
             ExitCode::from(EXIT_FAILED)
         }
     }
+}
+
+fn runtime_block_on<F: std::future::Future>(future: F) -> F::Output {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(future),
+        Err(e) => {
+            eprintln!("oneroster-sync: cannot start the async runtime: {e}");
+            std::process::exit(i32::from(EXIT_FAILED))
+        }
+    }
+}
+
+/// `pull --district ID`: every page of every collection, parsed and discarded.
+async fn pull_district(settings: &Settings, district: &str) -> anyhow::Result<()> {
+    use crate::oneroster::{
+        DEMOGRAPHICS_FIELDS, Endpoint, OneRosterClient, PullQuery, WireRecord, wire,
+    };
+    use futures_util::TryStreamExt;
+
+    async fn count<W: WireRecord>(
+        client: &OneRosterClient,
+        endpoint: Endpoint,
+        query: PullQuery,
+    ) -> anyhow::Result<(usize, usize)> {
+        let mut pages = std::pin::pin!(client.pages::<W>(endpoint, query));
+        let (mut records, mut n) = (0, 0);
+        while let Some(page) = pages.try_next().await? {
+            records += page.records.len() + page.unreadable.len();
+            n += 1;
+        }
+        Ok((records, n))
+    }
+
+    if settings.district(district).is_none() {
+        bail!("no district with id {district:?} in the configuration");
+    }
+    let district = settings.with_resolved_secret(district)?;
+    let client = OneRosterClient::new(&district)?;
+    let started = std::time::Instant::now();
+    let mut results = Vec::new();
+    results.push((
+        Endpoint::Orgs,
+        count::<wire::Org>(&client, Endpoint::Orgs, PullQuery::default()).await?,
+    ));
+    results.push((
+        Endpoint::AcademicSessions,
+        count::<wire::AcademicSession>(&client, Endpoint::AcademicSessions, PullQuery::default())
+            .await?,
+    ));
+    results.push((
+        Endpoint::Courses,
+        count::<wire::Course>(&client, Endpoint::Courses, PullQuery::default()).await?,
+    ));
+    results.push((
+        Endpoint::Classes,
+        count::<wire::Class>(&client, Endpoint::Classes, PullQuery::default()).await?,
+    ));
+    results.push((
+        Endpoint::Users,
+        count::<wire::User>(&client, Endpoint::Users, PullQuery::default()).await?,
+    ));
+    if district.demographics {
+        let query = PullQuery {
+            fields: Some(DEMOGRAPHICS_FIELDS.to_vec()),
+            ..PullQuery::default()
+        };
+        results.push((
+            Endpoint::Demographics,
+            count::<wire::Demographics>(&client, Endpoint::Demographics, query).await?,
+        ));
+    }
+    results.push((
+        Endpoint::Enrollments,
+        count::<wire::Enrollment>(&client, Endpoint::Enrollments, PullQuery::default()).await?,
+    ));
+    let elapsed = started.elapsed();
+    let total: usize = results.iter().map(|(_, (r, _))| r).sum();
+    let pages: usize = results.iter().map(|(_, (_, p))| p).sum();
+    let endpoints: serde_json::Map<String, serde_json::Value> = results
+        .iter()
+        .map(|(e, (records, pages))| {
+            (
+                e.path().to_string(),
+                serde_json::json!({ "records": records, "pages": pages }),
+            )
+        })
+        .collect();
+    println!(
+        "{}",
+        serde_json::json!({
+            "district": district.id,
+            "duration_ms": elapsed.as_millis() as u64,
+            "records": total,
+            "pages": pages,
+            "endpoints": endpoints,
+        })
+    );
+    Ok(())
 }
 
 async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
@@ -198,7 +314,9 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
             }
         }
         // Both are handled before the database is opened (check-config in `main`).
-        Command::Audit { .. } | Command::CheckConfig => Ok(ExitCode::SUCCESS),
+        Command::Audit { .. } | Command::CheckConfig | Command::Pull { .. } => {
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -89,6 +89,10 @@ pub struct RunReport {
     /// Set when the change set goes over a safety limit (held, or would be in a dry run, or
     /// applied because it was approved).
     pub hold: Option<Hold>,
+    /// Time per phase in milliseconds: `pull` (wall time of the whole pull, which includes
+    /// `normalize` and `stage`, the time spent normalizing and copying into staging), `check`,
+    /// `diff`, `apply` (store and mirror).
+    pub phases_ms: BTreeMap<&'static str, u64>,
     pub error: Option<String>,
 }
 
@@ -163,6 +167,7 @@ pub async fn run_once(
             revision: None,
             samples: Samples::new(),
             hold: None,
+            phases: BTreeMap::new(),
         };
         for entity in Entity::ALL {
             run.counts.insert(entity, EntityCounts::default());
@@ -207,9 +212,15 @@ struct Run {
     revision: Option<String>,
     samples: Samples,
     hold: Option<Hold>,
+    phases: BTreeMap<&'static str, Duration>,
 }
 
 impl Run {
+    /// Adds time to a phase.
+    fn timed(&mut self, phase: &'static str, since: Instant) {
+        *self.phases.entry(phase).or_default() += since.elapsed();
+    }
+
     fn skip(&mut self, entity: Entity, skipped: Skipped) {
         if let Some(c) = self.counts.get_mut(&entity) {
             c.skipped += 1;
@@ -253,12 +264,16 @@ async fn cycle_in_session(
     client: &OneRosterClient,
     session: &mut PgConnection,
 ) -> Result<Outcome, SyncError> {
+    let phase = Instant::now();
     pull_snapshot(district, client, session, run).await?;
+    run.timed("pull", phase);
 
+    let phase = Instant::now();
     for skipped in mirror::check_snapshot(session).await? {
         let entity = entity_named(skipped.entity);
         run.skip(entity, skipped);
     }
+    run.timed("check", phase);
 
     // Fail closed: an empty collection is never read as "everyone left".
     let active = mirror::active_counts(session, &district.id).await?;
@@ -277,7 +292,9 @@ async fn cycle_in_session(
     } else {
         DiffMode::Mirror
     };
+    let phase = Instant::now();
     let changes = mirror::diff(session, &district.id, mode).await?;
+    run.timed("diff", phase);
     for (entity, c) in &changes {
         if let Some(counts) = run.counts.get_mut(entity) {
             counts.created = c.created;
@@ -320,6 +337,7 @@ async fn cycle_in_session(
         return Ok(Outcome::NothingToDo);
     }
 
+    let phase = Instant::now();
     if dbs.store_is_separate {
         apply_separate(dbs, &district.id, run_id, mode, session).await?;
     } else {
@@ -333,6 +351,7 @@ async fn cycle_in_session(
             .await
             .map_err(db("committing the apply transaction"))?;
     }
+    run.timed("apply", phase);
     mark_success(&dbs.state, &district.id, run.revision.as_deref()).await?;
     if let Some(hold) = &run.hold {
         safety::release(&dbs.state, &district.id, &hold.fingerprint)
@@ -615,6 +634,7 @@ where
         // not deletions.
         let mut skipped = page.unreadable;
         let mut rows = Vec::with_capacity(page.records.len());
+        let phase = Instant::now();
         for record in page.records {
             match normalize(record) {
                 Ok((row, warnings)) => {
@@ -636,8 +656,11 @@ where
                 Err(bad) => skipped.push(bad),
             }
         }
+        run.timed("normalize", phase);
+        let phase = Instant::now();
         mirror::copy_rows(session, &rows).await?;
         mirror::copy_skipped(session, &skipped).await?;
+        run.timed("stage", phase);
         for bad in skipped {
             run.skip(entity, bad);
         }
@@ -736,6 +759,11 @@ async fn finish(
         warnings: run.warnings,
         samples: run.samples,
         hold: run.hold,
+        phases_ms: run
+            .phases
+            .iter()
+            .map(|(k, v)| (*k, v.as_millis() as u64))
+            .collect(),
         error,
     };
     if let Err(e) = record_finish(&dbs.state, &report).await {
