@@ -3,5 +3,6 @@
 mod client;
 mod config;
 mod migrations;
+mod network;
 mod support;
 mod sync;
