@@ -153,13 +153,18 @@ fn forbidden_hint(endpoint: Endpoint) -> &'static str {
     }
 }
 
+/// What a transport failure (or, for the token endpoint, a failing status) tells the operator.
 fn unreachable_hint(detail: &str, key: &str) -> String {
-    if detail == "connection refused" {
-        format!(
+    match detail {
+        "connection refused" => format!(
             "the district's server is down or unreachable (nothing listens at that address; check {key})"
-        )
-    } else {
-        format!("the district's server may be down or unreachable (check {key} and the network)")
+        ),
+        "HTTP 429" => "the server throttles this client: sync later".to_owned(),
+        d if d.starts_with("HTTP 5") => "the district's server keeps failing".to_owned(),
+        d if d.starts_with("HTTP ") => format!("check {key}"),
+        _ => format!(
+            "the district's server may be down or unreachable (check {key} and the network)"
+        ),
     }
 }
 

@@ -878,6 +878,26 @@ mod tests {
     }
 
     #[test]
+    fn unreachable_and_token_failures_say_what_to_check() {
+        let refused = FetchError::Connect {
+            endpoint: Endpoint::Orgs,
+            url: "http://127.0.0.1:9/x/orgs".into(),
+            detail: "connection refused".into(),
+            attempts: 3,
+        };
+        assert!(refused.to_string().contains("down or unreachable"));
+        let token = |detail: &str| FetchError::TokenEndpoint {
+            url: "http://127.0.0.1:9/token".into(),
+            detail: detail.into(),
+            attempts: 1,
+        };
+        assert!(token("HTTP 404").to_string().ends_with("check token_url"));
+        assert!(token("HTTP 503").to_string().contains("keeps failing"));
+        assert!(token("HTTP 429").to_string().contains("throttles"));
+        assert!(token("timed out").to_string().contains("may be down"));
+    }
+
+    #[test]
     fn forbidden_message_names_the_permission() {
         let e = FetchError::Forbidden {
             endpoint: Endpoint::Demographics,
