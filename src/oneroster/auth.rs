@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use url::Url;
 
 use super::error::FetchError;
+use super::retry::RetryPolicy;
 use super::{oauth1, retry};
 use crate::config::AuthConfig;
 
@@ -94,7 +95,7 @@ impl Auth {
     pub(crate) async fn credential(
         &self,
         http: &reqwest::Client,
-        max_retries: u32,
+        policy: &RetryPolicy,
         url: &str,
         query: &[(&str, String)],
     ) -> Result<Credential, FetchError> {
@@ -118,7 +119,7 @@ impl Auth {
                 .into(),
                 token_generation: None,
             }),
-            Auth::OAuth2(oauth) => oauth.credential(http, max_retries).await,
+            Auth::OAuth2(oauth) => oauth.credential(http, policy).await,
         }
     }
 
@@ -156,14 +157,14 @@ impl OAuth2 {
     async fn credential(
         &self,
         http: &reqwest::Client,
-        max_retries: u32,
+        policy: &RetryPolicy,
     ) -> Result<Credential, FetchError> {
         let mut cached = self.cached.lock().await;
         let fresh = cached
             .as_ref()
             .is_some_and(|t| t.refresh_at.is_none_or(|at| Instant::now() < at));
         if !fresh {
-            *cached = Some(self.fetch(http, max_retries).await?);
+            *cached = Some(self.fetch(http, policy).await?);
         }
         match cached.as_ref() {
             Some(token) => Ok(Credential {
@@ -177,7 +178,7 @@ impl OAuth2 {
     async fn fetch(
         &self,
         http: &reqwest::Client,
-        max_retries: u32,
+        policy: &RetryPolicy,
     ) -> Result<CachedToken, FetchError> {
         let token_url = TokenUrl::new(self.token_url.to_string())
             .map_err(|e| FetchError::InvalidConfig(format!("token_url: {e}")))?;
@@ -203,6 +204,7 @@ impl OAuth2 {
                         .expires_in()
                         .map(|lifetime| now + usable_for(lifetime));
                     let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+                    policy.budget.record_success();
                     return Ok(CachedToken {
                         access: token.access_token().secret().clone().into(),
                         refresh_at,
@@ -243,11 +245,21 @@ impl OAuth2 {
                 Err(RequestTokenError::Parse(_, _)) => ("unreadable token response".into(), None),
                 Err(RequestTokenError::Other(_)) => ("unexpected token response".into(), None),
             };
-            if attempt > max_retries {
+            if attempt > policy.max_retries {
+                tracing::error!(url = %self.token_url, %detail, attempts = attempt, "giving up on token request: retries exhausted");
                 return Err(FetchError::TokenEndpoint {
                     url: self.token_url.to_string(),
                     detail,
                     attempts: attempt,
+                });
+            }
+            if !policy.budget.try_spend() {
+                let retries = policy.budget.spent();
+                tracing::error!(url = %self.token_url, %detail, retries, "giving up on token request: the run's retry budget is spent");
+                return Err(FetchError::RetryBudgetSpent {
+                    url: self.token_url.to_string(),
+                    retries,
+                    last: detail,
                 });
             }
             let wait = retry::delay(attempt, retry_after);
@@ -269,11 +281,27 @@ pub(crate) fn retryable_status(status: u16) -> bool {
 pub(crate) fn transport_detail(e: &reqwest::Error) -> String {
     if e.is_timeout() {
         "timed out".into()
+    } else if e.is_connect() && io_kind(e) == Some(std::io::ErrorKind::ConnectionRefused) {
+        // Nothing listens there: the server is down (or base_url names the wrong host/port).
+        "connection refused".into()
     } else if e.is_connect() {
         "connection failed".into()
     } else {
         "transport error".into()
     }
+}
+
+/// The I/O error kind somewhere in an error's causes, if any. Only the kind is kept: the
+/// messages may name hosts a resolver returned, which is noise in an operator's log.
+fn io_kind(e: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        cause = c.source();
+    }
+    None
 }
 
 /// Our reqwest client as the oauth2 crate's HTTP client. Statuses the token request should not

@@ -16,7 +16,10 @@ pub enum FetchError {
     )]
     CredentialsRejected { reason: String },
 
-    #[error("token endpoint {url} failed after {attempts} attempts: {detail}")]
+    #[error(
+        "token endpoint {url} failed after {attempts} attempts: {detail}; {}",
+        unreachable_hint(.detail, "token_url")
+    )]
     TokenEndpoint {
         url: String,
         detail: String,
@@ -26,10 +29,14 @@ pub enum FetchError {
     #[error("{endpoint}: forbidden (HTTP 403): {}", forbidden_hint(*.endpoint))]
     Forbidden { endpoint: Endpoint },
 
-    #[error("{endpoint}: not found (HTTP 404) at {url}; check base_url")]
+    #[error(
+        "{endpoint}: not found (HTTP 404) at {url}; check base_url (it should end in the OneRoster path, e.g. /ims/oneroster/v1p1)"
+    )]
     NotFound { endpoint: Endpoint, url: String },
 
-    #[error("{endpoint}: still rate limited (HTTP 429) after {attempts} attempts at {url}")]
+    #[error(
+        "{endpoint}: still rate limited (HTTP 429) after {attempts} attempts at {url}; the server throttles this client: lower concurrency or sync later"
+    )]
     RateLimited {
         endpoint: Endpoint,
         url: String,
@@ -53,7 +60,10 @@ pub enum FetchError {
         attempts: u32,
     },
 
-    #[error("{endpoint}: could not connect after {attempts} attempts to {url}: {detail}")]
+    #[error(
+        "{endpoint}: could not connect after {attempts} attempts to {url}: {detail}; {}",
+        unreachable_hint(.detail, "base_url")
+    )]
     Connect {
         endpoint: Endpoint,
         url: String,
@@ -119,6 +129,15 @@ pub enum FetchError {
         detail: Option<String>,
     },
 
+    #[error(
+        "the run's retry budget is spent ({retries} retries); last failure: {last} at {url}; the server is failing or throttling most requests"
+    )]
+    RetryBudgetSpent {
+        url: String,
+        retries: u64,
+        last: String,
+    },
+
     #[error("invalid client configuration: {0}")]
     InvalidConfig(String),
 }
@@ -126,9 +145,26 @@ pub enum FetchError {
 fn forbidden_hint(endpoint: Endpoint) -> &'static str {
     match endpoint {
         Endpoint::Demographics => {
-            "the ClassLink app was not shared with Full Permissions, or demographics are not enabled for the app"
+            "demographics are not enabled for the app: enable demographics for it in ClassLink, or share it with Full Permissions"
         }
-        _ => "the ClassLink app was not shared with Full Permissions",
+        _ => {
+            "the app was not shared with Full Permissions: share the ClassLink app with Full Permissions"
+        }
+    }
+}
+
+/// What a transport failure (or, for the token endpoint, a failing status) tells the operator.
+fn unreachable_hint(detail: &str, key: &str) -> String {
+    match detail {
+        "connection refused" => format!(
+            "the district's server is down or unreachable (nothing listens at that address; check {key})"
+        ),
+        "HTTP 429" => "the server throttles this client: sync later".to_owned(),
+        d if d.starts_with("HTTP 5") => "the district's server keeps failing".to_owned(),
+        d if d.starts_with("HTTP ") => format!("check {key}"),
+        _ => format!(
+            "the district's server may be down or unreachable (check {key} and the network)"
+        ),
     }
 }
 

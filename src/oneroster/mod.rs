@@ -131,7 +131,7 @@ pub struct OneRosterClient {
     base: String,
     page_size: usize,
     concurrency: usize,
-    max_retries: u32,
+    retry: retry::RetryPolicy,
     requests: AtomicU64,
     retries: AtomicU64,
 }
@@ -185,7 +185,7 @@ impl OneRosterClient {
             base: district.base_url.as_str().trim_end_matches('/').to_owned(),
             page_size: district.page_size as usize,
             concurrency: district.concurrency.max(1),
-            max_retries: district.max_retries,
+            retry: retry::RetryPolicy::new(district.max_retries),
             requests: AtomicU64::new(0),
             retries: AtomicU64::new(0),
         })
@@ -271,13 +271,16 @@ impl OneRosterClient {
             attempt += 1;
             let credential = self
                 .auth
-                .credential(&self.http, self.max_retries, &url, &params)
+                .credential(&self.http, &self.retry, &url, &params)
                 .await?;
             let outcome = self
                 .attempt::<T>(endpoint, &full_url, credential.header, offset, known_total)
                 .await?;
             let (failure, retry_after) = match outcome {
-                Attempt::Done(page) => return Ok(page),
+                Attempt::Done(page) => {
+                    self.retry.budget.record_success();
+                    return Ok(page);
+                }
                 Attempt::Unauthorized if self.auth.refreshable() && !refreshed => {
                     // The token may have been revoked or expired early: one fresh token, once.
                     refreshed = true;
@@ -291,14 +294,36 @@ impl OneRosterClient {
                     retry_after,
                 } => (failure, retry_after),
             };
-            if attempt > self.max_retries {
-                return Err(exhausted(endpoint, &full_url, offset, failure, attempt));
-            }
-            let wait = retry::delay(attempt, retry_after);
             let status = match &failure {
                 Transient::Status(s) => Some(*s),
                 _ => None,
             };
+            if attempt > self.retry.max_retries {
+                tracing::error!(
+                    url = %full_url,
+                    status,
+                    failure = failure.describe(),
+                    attempts = attempt,
+                    "giving up on OneRoster request: retries exhausted"
+                );
+                return Err(exhausted(endpoint, &full_url, offset, failure, attempt));
+            }
+            if !self.retry.budget.try_spend() {
+                let retries = self.retry.budget.spent();
+                tracing::error!(
+                    url = %full_url,
+                    status,
+                    failure = failure.describe(),
+                    retries,
+                    "giving up on OneRoster request: the run's retry budget is spent"
+                );
+                return Err(FetchError::RetryBudgetSpent {
+                    url: full_url,
+                    retries,
+                    last: failure.describe(),
+                });
+            }
+            let wait = retry::delay(attempt, retry_after);
             tracing::debug!(
                 url = %full_url,
                 status,
@@ -434,6 +459,7 @@ impl OneRosterClient {
 impl Transient {
     fn describe(&self) -> String {
         match self {
+            Transient::Status(429) => "rate limited (HTTP 429)".into(),
             Transient::Status(s) => format!("HTTP {s}"),
             Transient::Timeout => "timed out".into(),
             Transient::Connect(d) | Transient::Parse(d) => d.clone(),
@@ -849,6 +875,26 @@ mod tests {
             Some("Invalid filter field (invalid_filter_field)")
         );
         assert_eq!(imsx_detail(b"<html>"), None);
+    }
+
+    #[test]
+    fn unreachable_and_token_failures_say_what_to_check() {
+        let refused = FetchError::Connect {
+            endpoint: Endpoint::Orgs,
+            url: "http://127.0.0.1:9/x/orgs".into(),
+            detail: "connection refused".into(),
+            attempts: 3,
+        };
+        assert!(refused.to_string().contains("down or unreachable"));
+        let token = |detail: &str| FetchError::TokenEndpoint {
+            url: "http://127.0.0.1:9/token".into(),
+            detail: detail.into(),
+            attempts: 1,
+        };
+        assert!(token("HTTP 404").to_string().ends_with("check token_url"));
+        assert!(token("HTTP 503").to_string().contains("keeps failing"));
+        assert!(token("HTTP 429").to_string().contains("throttles"));
+        assert!(token("timed out").to_string().contains("may be down"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Backoff for transient failures: capped exponential with full jitter (what ClassLink asks for on
 //! 429 and 5xx), and `Retry-After` parsing.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -24,6 +25,80 @@ pub fn delay(attempt: u32, retry_after: Option<Duration>) -> Duration {
     match retry_after {
         Some(after) => jittered.max(after.min(CAP * 4)),
         None => jittered,
+    }
+}
+
+/// How transient failures are retried: per request up to `max_retries` times, per run within
+/// the budget.
+#[derive(Debug)]
+pub struct RetryPolicy {
+    pub max_retries: u32,
+    pub budget: RetryBudget,
+}
+
+impl RetryPolicy {
+    pub fn new(max_retries: u32) -> RetryPolicy {
+        RetryPolicy {
+            max_retries,
+            budget: RetryBudget::new(max_retries),
+        }
+    }
+}
+
+/// Retries allowed per run without any success to earn them: `max_retries` times this.
+const BUDGET_FLOOR_FACTOR: u32 = 20;
+/// Successful requests that earn one more retry beyond the floor.
+const SUCCESSES_PER_EARNED_RETRY: u64 = 2;
+
+/// The retries one run (one `OneRosterClient`) may spend across all its requests, token requests
+/// included. There is no configuration key: the floor is `max_retries * 20`, and every two
+/// successful requests earn one more, so a large district under steady light throttling still
+/// completes while a server failing most requests stops the run instead of being hammered
+/// `max_retries` times per page.
+#[derive(Debug)]
+pub struct RetryBudget {
+    floor: u64,
+    state: Mutex<BudgetState>,
+}
+
+#[derive(Debug, Default)]
+struct BudgetState {
+    spent: u64,
+    successes: u64,
+}
+
+impl RetryBudget {
+    pub fn new(max_retries: u32) -> RetryBudget {
+        RetryBudget {
+            floor: u64::from(max_retries.saturating_mul(BUDGET_FLOOR_FACTOR)),
+            state: Mutex::new(BudgetState::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BudgetState> {
+        // The state is two counters updated in one statement each: a panic cannot leave it torn.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn record_success(&self) {
+        self.lock().successes += 1;
+    }
+
+    /// Takes one retry from the budget; `false` when it is spent.
+    pub fn try_spend(&self) -> bool {
+        let mut state = self.lock();
+        let allowed = self.floor + state.successes / SUCCESSES_PER_EARNED_RETRY;
+        if state.spent < allowed {
+            state.spent += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Retries spent so far.
+    pub fn spent(&self) -> u64 {
+        self.lock().spent
     }
 }
 
@@ -68,6 +143,23 @@ mod tests {
             assert!(delay(1, Some(Duration::from_secs(3))) >= Duration::from_secs(3));
         }
         assert_eq!(delay(1, Some(Duration::from_secs(86_400))), CAP * 4);
+    }
+
+    #[test]
+    fn budget_has_a_floor_and_grows_with_successes() {
+        let budget = RetryBudget::new(2);
+        for _ in 0..40 {
+            assert!(budget.try_spend());
+        }
+        assert!(!budget.try_spend());
+        budget.record_success();
+        assert!(!budget.try_spend(), "one success does not earn a retry yet");
+        budget.record_success();
+        assert!(budget.try_spend());
+        assert!(!budget.try_spend());
+        assert_eq!(budget.spent(), 41);
+        let none = RetryBudget::new(0);
+        assert!(!none.try_spend());
     }
 
     #[test]

@@ -4,6 +4,7 @@ mod audit;
 mod client;
 mod config;
 mod migrations;
+mod network;
 mod safety;
 mod support;
 mod sync;
