@@ -385,3 +385,31 @@ async fn a_token_endpoint_that_is_down_is_reported_as_unreachable() {
     assert!(error.contains("down or unreachable"), "{error}");
     assert_eq!(h.sim.stats().total, 0);
 }
+
+#[tokio::test]
+async fn a_run_past_its_deadline_fails_with_nothing_written() {
+    // Every request answers after 400 ms, well within request_timeout, but the whole run may
+    // take only 1 s.
+    let h = Harness::with(
+        SimConfig::new(7, Counts::tiny()),
+        None,
+        "run_timeout = \"1s\"",
+    )
+    .await;
+    let store = h.db.dump_schemas(&["roster"]);
+    h.sim.set_faults(Faults {
+        delay: Some(Duration::from_millis(400)),
+        ..Faults::default()
+    });
+    let report = h.sync().await;
+    assert_eq!(report.outcome, Outcome::Failed, "{report:?}");
+    assert!(
+        report
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("run_timeout"),
+        "{report:?}"
+    );
+    assert_eq!(h.db.dump_schemas(&["roster"]), store);
+}
