@@ -493,6 +493,10 @@ async fn bad_records_are_skipped_by_id_and_the_rest_lands() {
         orphan.sourced_id = "zz-orphan-enrollment".into();
         orphan.user = "no-such-user".into();
         ds.enrollments.push(orphan);
+        // The same sourcedId twice in one pull: the first copy is kept, the second reported.
+        let mut twin = ds.users[5].clone();
+        twin.given_name = "Twin".into();
+        ds.users.push(twin);
         (bad_role, no_status, "zz-orphan-enrollment".to_string())
     });
     let out = run_binary(&h.config, &["sync", "--district", DISTRICT], &[]).await;
@@ -513,7 +517,14 @@ async fn bad_records_are_skipped_by_id_and_the_rest_lands() {
         .iter()
         .filter(|l| l["message"] == "record skipped")
         .collect();
-    assert_eq!(skipped_lines.len(), 3, "{text}");
+    assert_eq!(skipped_lines.len(), 4, "{text}");
+    assert!(
+        skipped_lines.iter().any(|l| l["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("duplicate")),
+        "{text}"
+    );
     let summaries: Vec<&Value> = lines
         .iter()
         .filter(|l| l["message"] == "run summary")
@@ -528,7 +539,7 @@ async fn bad_records_are_skipped_by_id_and_the_rest_lands() {
     }
     assert!(skipped_lines.iter().all(|l| l["run_id"] == run_id));
     assert_eq!(summaries[0]["outcome"], "applied");
-    assert_eq!(summaries[0]["users_skipped"], 2);
+    assert_eq!(summaries[0]["users_skipped"], 3);
     assert_eq!(summaries[0]["enrollments_skipped"], 1);
     assert!(summaries[0]["duration_ms"].is_u64());
     let rows = store_rows(&h.db, DISTRICT).await;
@@ -540,7 +551,8 @@ async fn bad_records_are_skipped_by_id_and_the_rest_lands() {
         .iter()
         .filter(|u| u.sourced_id != bad_role && u.sourced_id != no_status)
         .count();
-    assert_eq!(rows["users"].len(), valid_users);
+    // The twin is stored once.
+    assert_eq!(rows["users"].len(), valid_users - 1);
 }
 
 #[tokio::test]
