@@ -197,6 +197,9 @@ pub struct Settings {
     pub districts_dir: Option<PathBuf>,
     /// Where each district's secret comes from, by district id (what `describe` shows).
     pub secret_sources: BTreeMap<String, SecretSource>,
+    /// Each district's `pause` windows, by district id (absent: never paused). Days on which
+    /// the daemon does not sync the district, e.g. the summer rollover.
+    pub pause_windows: BTreeMap<String, Vec<PauseWindow>>,
 }
 
 #[derive(Clone)]
@@ -331,8 +334,6 @@ pub struct DistrictConfig {
     pub max_retries: u32,
     pub run_timeout: Duration,
     pub demographics: bool,
-    /// Days on which the daemon does not sync this district (e.g. the summer rollover).
-    pub pause: Vec<PauseWindow>,
     /// Safety limits per entity type (every type has an entry).
     pub limits: BTreeMap<Entity, SafetyLimits>,
 }
@@ -580,6 +581,11 @@ impl Settings {
         self.districts.iter().find(|d| d.id == id)
     }
 
+    /// The district's pause windows (empty when it has none).
+    pub fn pause(&self, id: &str) -> &[PauseWindow] {
+        self.pause_windows.get(id).map_or(&[], Vec::as_slice)
+    }
+
     /// The roster store's database: `[store]` if configured, else `[database]`.
     pub fn store_settings(&self) -> &DatabaseSettings {
         self.store.as_ref().unwrap_or(&self.database)
@@ -696,8 +702,9 @@ impl Settings {
             let _ = writeln!(out, "  max_retries: {}", d.max_retries);
             let _ = writeln!(out, "  run_timeout: {}", h(d.run_timeout));
             let _ = writeln!(out, "  demographics: {}", d.demographics);
-            if !d.pause.is_empty() {
-                let windows: Vec<String> = d.pause.iter().map(ToString::to_string).collect();
+            if !self.pause(&d.id).is_empty() {
+                let windows: Vec<String> =
+                    self.pause(&d.id).iter().map(ToString::to_string).collect();
                 let _ = writeln!(out, "  pause: {}", windows.join(", "));
             }
             for (entity, l) in &d.limits {
@@ -833,9 +840,11 @@ fn parse_settings(
 
     let mut districts = Vec::with_capacity(declared.len());
     let mut secret_sources = BTreeMap::new();
+    let mut pause_windows = BTreeMap::new();
     let mut origins: HashMap<String, DistrictOrigin> = HashMap::new();
     for (value, origin, default_id) in declared {
-        let (district, secret_source) = parse_district(value, &origin, default_id, base_dir, env)?;
+        let (district, secret_source, pause) =
+            parse_district(value, &origin, default_id, base_dir, env)?;
         if let Some(first) = origins.get(&district.id) {
             return Err(ConfigError::InvalidKey {
                 scope: Scope::district(&district.id, &origin),
@@ -845,6 +854,9 @@ fn parse_settings(
         }
         origins.insert(district.id.clone(), origin);
         secret_sources.insert(district.id.clone(), secret_source);
+        if !pause.is_empty() {
+            pause_windows.insert(district.id.clone(), pause);
+        }
         districts.push(district);
     }
 
@@ -857,6 +869,7 @@ fn parse_settings(
         source: PathBuf::new(),
         districts_dir,
         secret_sources,
+        pause_windows,
     })
 }
 
@@ -1083,7 +1096,7 @@ fn parse_district(
     default_id: Option<String>,
     base_dir: &Path,
     env: &EnvSource,
-) -> Result<(DistrictConfig, SecretSource), ConfigError> {
+) -> Result<(DistrictConfig, SecretSource, Vec<PauseWindow>), ConfigError> {
     // Read the id first so that even a deserialization error can name the district.
     let declared_id = value
         .clone()
@@ -1207,6 +1220,7 @@ fn parse_district(
         min_population: raw.min_population,
     };
     let raw_overrides = raw.limits.take();
+    let pause = pause_windows(&scope, raw.pause.take())?;
     let district = DistrictConfig {
         base_url,
         auth,
@@ -1254,11 +1268,10 @@ fn parse_district(
             defaults::RUN_TIMEOUT,
         )?,
         demographics: raw.demographics.unwrap_or(defaults::DEMOGRAPHICS),
-        pause: pause_windows(&scope, raw.pause.take())?,
         limits: safety_limits(&scope, &raw_limits, raw_overrides)?,
         id,
     };
-    Ok((district, secret_source))
+    Ok((district, secret_source, pause))
 }
 
 /// The district-wide limits, then per entity type overrides (`limits.<entity>`).
