@@ -2,6 +2,7 @@
 
 mod client;
 mod config;
+mod daemon;
 mod migrations;
 mod safety;
 mod support;
