@@ -592,6 +592,21 @@ async fn a_district_whose_server_is_down_backs_off_and_is_quarantined_while_anot
     .await;
     daemon.stop(Duration::from_secs(10)).await;
 
+    // `status` shows the states.
+    let status = crate::support::run_binary(&config, &["status"], &[]).await;
+    let text = crate::support::output_text(&status);
+    assert!(status.status.success(), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("down ") && l.contains("quarantined")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("up ") && l.contains("idle")),
+        "{text}"
+    );
+
     let logs = daemon.logs();
     assert!(
         logs.iter()
