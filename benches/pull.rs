@@ -68,6 +68,7 @@ fn district(sim: &SimHandle, page_size: u32, concurrency: usize) -> anyhow::Resu
         max_retries: defaults::MAX_RETRIES,
         run_timeout: defaults::RUN_TIMEOUT,
         demographics: true,
+        limits: Default::default(),
     })
 }
 

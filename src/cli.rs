@@ -12,8 +12,9 @@ use crate::audit;
 use crate::config::Settings;
 use crate::db::Databases;
 use crate::safety;
+use crate::scheduler::{self, DistrictState};
 use crate::sync::{self, Outcome, RunOptions, RunReport};
-use crate::telemetry;
+use crate::{health, telemetry};
 
 /// Exit status of a run that failed.
 pub const EXIT_FAILED: u8 = 1;
@@ -21,6 +22,11 @@ pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 /// Exit status of a run held by a safety limit.
 pub const EXIT_HELD: u8 = 3;
+/// Exit status of `sync --district` when another process (a daemon) is running that district.
+pub const EXIT_BUSY: u8 = 4;
+
+/// How long `healthcheck` waits for `/readyz`.
+const HEALTHCHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -84,8 +90,11 @@ enum Command {
     Migrate,
     /// Load and validate the configuration and print the districts (secrets redacted).
     CheckConfig,
-    /// Each district's recent runs.
+    /// Each district's state, schedule, recent runs and any held change set.
     Status,
+    /// GET /readyz on `[daemon] listen` (for a container HEALTHCHECK): exit 0 when ready, 1
+    /// otherwise.
+    Healthcheck,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -115,6 +124,9 @@ pub fn main() -> ExitCode {
     if let Command::CheckConfig = cli.command {
         println!("{}", settings.describe());
         return ExitCode::SUCCESS;
+    }
+    if let Command::Healthcheck = cli.command {
+        return healthcheck(&settings);
     }
     if let Err(e) = telemetry::init(&settings.log) {
         eprintln!("oneroster-sync: cannot set up logging: {e:#}");
@@ -264,7 +276,27 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
             // A district with `enabled = false` can still be synced by hand (e.g. dry runs
             // before go-live); its secret is only read now.
             let district = settings.with_resolved_secret(&district)?;
+            // A run that writes takes the district's lock, as the daemon does, so it never
+            // overlaps a daemon's run of the same district (a dry run writes nothing).
+            let lock = if dry_run {
+                None
+            } else {
+                match scheduler::try_lock_district(&dbs, &district.id).await? {
+                    Some(lock) => Some(lock),
+                    None => {
+                        eprintln!(
+                            "oneroster-sync: district {} is being synced by another process \
+                             (a daemon?) right now; nothing done, try again later",
+                            district.id
+                        );
+                        return Ok(ExitCode::from(EXIT_BUSY));
+                    }
+                }
+            };
             let report = sync::run_once(&dbs, &district, RunOptions { dry_run }).await;
+            if let Some(lock) = lock {
+                lock.release().await;
+            }
             print_report(&report, format)?;
             Ok(ExitCode::from(match report.outcome {
                 Outcome::Failed => EXIT_FAILED,
@@ -273,13 +305,20 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
             }))
         }
         Command::Run => {
-            run_daemon(&dbs, &settings).await;
+            let shutdown = CancellationToken::new();
+            let on_signal = shutdown.clone();
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                on_signal.cancel();
+            });
+            scheduler::run(&dbs, &settings, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status => {
-            print_status(&dbs).await?;
+            print_status(&dbs, &settings).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Healthcheck => Ok(healthcheck(&settings)),
         Command::Approve {
             district,
             fingerprint,
@@ -346,41 +385,6 @@ async fn audit_district(
     } else {
         ExitCode::SUCCESS
     })
-}
-
-/// Every enabled district in its own loop on its interval until SIGTERM/SIGINT; a run in
-/// progress finishes (or rolls back) before the process exits.
-async fn run_daemon(dbs: &Databases, settings: &Settings) {
-    let shutdown = CancellationToken::new();
-    let districts: Vec<_> = settings
-        .districts
-        .iter()
-        .filter(|d| d.enabled)
-        .cloned()
-        .collect();
-    info!(
-        districts = %districts.iter().map(|d| format!("{} every {}", d.id, humantime::format_duration(d.interval))).collect::<Vec<_>>().join(", "),
-        "daemon started"
-    );
-    let mut tasks = tokio::task::JoinSet::new();
-    for district in districts {
-        let dbs = dbs.clone();
-        let shutdown = shutdown.clone();
-        tasks.spawn(async move {
-            loop {
-                sync::run_once(&dbs, &district, RunOptions::default()).await;
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(district.interval) => {}
-                }
-            }
-        });
-    }
-    wait_for_signal().await;
-    info!("shutdown requested: letting runs in progress finish");
-    shutdown.cancel();
-    while tasks.join_next().await.is_some() {}
-    info!("daemon stopped");
 }
 
 async fn wait_for_signal() {
@@ -495,7 +499,58 @@ pub fn render_report(r: &RunReport) -> String {
     out
 }
 
-async fn print_status(dbs: &Databases) -> anyhow::Result<()> {
+/// `healthcheck`: 0 when `/readyz` answers 200, 1 otherwise (or when no listener is
+/// configured).
+fn healthcheck(settings: &Settings) -> ExitCode {
+    let Some(addr) = settings.daemon.listen else {
+        eprintln!("oneroster-sync: no [daemon] listen address configured: nothing to check");
+        return ExitCode::from(EXIT_FAILED);
+    };
+    let probed = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            rt.block_on(health::probe_ready(addr, HEALTHCHECK_TIMEOUT))
+                .map_err(|e| e.to_string())
+        });
+    match probed {
+        Ok(200) => {
+            println!("ready");
+            ExitCode::SUCCESS
+        }
+        Ok(status) => {
+            eprintln!("oneroster-sync: not ready (/readyz on {addr} answered {status})");
+            ExitCode::from(EXIT_FAILED)
+        }
+        Err(e) => {
+            eprintln!("oneroster-sync: not ready: {e}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+async fn print_status(dbs: &Databases, settings: &Settings) -> anyhow::Result<()> {
+    let ts = |t: Option<chrono::DateTime<chrono::Utc>>| {
+        t.map_or_else(|| "never".to_owned(), |t| t.to_rfc3339())
+    };
+    for v in scheduler::district_views(&dbs.state, settings)
+        .await
+        .context("reading the districts' state")?
+    {
+        let running = match (&v.state, &v.leased_by) {
+            (DistrictState::Running, Some(by)) => format!(" (by {by})"),
+            _ => String::new(),
+        };
+        println!(
+            "{:<20} {}{running} last success {} consecutive failures {} next run {}",
+            v.id,
+            v.state.as_str(),
+            ts(v.last_success_at),
+            v.consecutive_failures,
+            ts(v.next_run_at)
+        );
+    }
     let rows: Vec<(String, String, chrono::DateTime<chrono::Utc>, Option<String>)> = sqlx::query_as(
         "SELECT district_id, outcome, started_at, error FROM (
             SELECT *, row_number() OVER (PARTITION BY district_id ORDER BY started_at DESC) AS n FROM sync.runs

@@ -43,12 +43,26 @@ pub mod defaults {
     pub const MAX_DELETE_COUNT: u64 = 500;
     pub const MAX_UPDATE_PERCENT: f64 = 75.0;
     pub const MIN_POPULATION: u64 = 100;
+
+    /// `[daemon]`: districts syncing at once in one process.
+    pub const MAX_CONCURRENT_RUNS: usize = 4;
+    /// `[daemon]`: consecutive failures after which a district is logged as quarantined.
+    pub const QUARANTINE_AFTER: u32 = 5;
+    /// `[daemon]`: how long in-flight runs may take to finish after SIGTERM/SIGINT.
+    pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+    /// `[daemon]`: how often each district's heartbeat line is logged.
+    pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(60);
+    /// `[daemon]`: the longest a failing district is backed off (also capped by its
+    /// `full_interval`, never below its `interval`).
+    pub const MAX_BACKOFF: Duration = Duration::from_secs(6 * 60 * 60);
 }
 
 /// Limits on numeric district keys (inclusive).
 const PAGE_SIZE_RANGE: (i64, i64) = (1, 10_000);
 const CONCURRENCY_RANGE: (i64, i64) = (1, 32);
 const MAX_RETRIES_RANGE: (i64, i64) = (0, 100);
+const MAX_CONCURRENT_RUNS_RANGE: (i64, i64) = (1, 1024);
+const QUARANTINE_AFTER_RANGE: (i64, i64) = (1, 1_000_000);
 
 /// Prefix of the environment variables that override `[database]`, `[store]` and `[log]` keys:
 /// `ONEROSTER_SYNC__<SECTION>__<KEY>`.
@@ -94,7 +108,7 @@ pub enum ConfigError {
 fn top_level_hint(key: &str) -> &'static str {
     if matches!(
         key,
-        "districts_dir" | "database" | "store" | "log" | "districts"
+        "districts_dir" | "database" | "store" | "log" | "daemon" | "districts"
     ) {
         " (top-level keys must come before the first [section] header)"
     } else {
@@ -174,6 +188,8 @@ pub struct Settings {
     /// The roster store's database; `None` means the same database as `[database]`.
     pub store: Option<DatabaseSettings>,
     pub log: LogSettings,
+    /// `[daemon]`: how `run` schedules, shuts down and reports.
+    pub daemon: DaemonSettings,
     pub districts: Vec<DistrictConfig>,
     /// The config file this was loaded from (empty when loaded from a string).
     pub source: PathBuf,
@@ -181,6 +197,9 @@ pub struct Settings {
     pub districts_dir: Option<PathBuf>,
     /// Where each district's secret comes from, by district id (what `describe` shows).
     pub secret_sources: BTreeMap<String, SecretSource>,
+    /// Each district's `pause` windows, by district id (absent: never paused). Days on which
+    /// the daemon does not sync the district, e.g. the summer rollover.
+    pub pause_windows: BTreeMap<String, Vec<PauseWindow>>,
 }
 
 #[derive(Clone)]
@@ -191,6 +210,51 @@ pub struct DatabaseSettings {
 impl std::fmt::Debug for DatabaseSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("DatabaseSettings { url: <redacted> }")
+    }
+}
+
+/// The `[daemon]` section: only `run` uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonSettings {
+    pub max_concurrent_runs: usize,
+    pub quarantine_after: u32,
+    pub shutdown_grace: Duration,
+    pub heartbeat_interval: Duration,
+    pub max_backoff: Duration,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served; `None`: no listener.
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+impl Default for DaemonSettings {
+    fn default() -> Self {
+        DaemonSettings {
+            max_concurrent_runs: defaults::MAX_CONCURRENT_RUNS,
+            quarantine_after: defaults::QUARANTINE_AFTER,
+            shutdown_grace: defaults::SHUTDOWN_GRACE,
+            heartbeat_interval: defaults::HEARTBEAT_INTERVAL,
+            max_backoff: defaults::MAX_BACKOFF,
+            listen: None,
+        }
+    }
+}
+
+/// A pause window: the district is not synced on any day from `start` to `end`, both included
+/// (UTC dates).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PauseWindow {
+    pub start: chrono::NaiveDate,
+    pub end: chrono::NaiveDate,
+}
+
+impl PauseWindow {
+    pub fn contains(&self, day: chrono::NaiveDate) -> bool {
+        self.start <= day && day <= self.end
+    }
+}
+
+impl fmt::Display for PauseWindow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}..{}", self.start, self.end)
     }
 }
 
@@ -376,6 +440,7 @@ struct RawTop {
     database: Option<config::Value>,
     store: Option<config::Value>,
     log: Option<config::Value>,
+    daemon: Option<config::Value>,
     districts_dir: Option<String>,
     #[serde(default)]
     districts: Vec<config::Value>,
@@ -392,6 +457,17 @@ struct RawDatabase {
 struct RawLog {
     format: Option<String>,
     level: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    max_concurrent_runs: Option<i64>,
+    quarantine_after: Option<i64>,
+    shutdown_grace: Option<String>,
+    heartbeat_interval: Option<String>,
+    max_backoff: Option<String>,
+    listen: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -417,6 +493,7 @@ struct RawDistrict {
     max_retries: Option<i64>,
     run_timeout: Option<String>,
     demographics: Option<bool>,
+    pause: Option<Vec<String>>,
     max_delete_percent: Option<f64>,
     max_delete_count: Option<i64>,
     max_update_percent: Option<f64>,
@@ -504,6 +581,11 @@ impl Settings {
         self.districts.iter().find(|d| d.id == id)
     }
 
+    /// The district's pause windows (empty when it has none).
+    pub fn pause(&self, id: &str) -> &[PauseWindow] {
+        self.pause_windows.get(id).map_or(&[], Vec::as_slice)
+    }
+
     /// The roster store's database: `[store]` if configured, else `[database]`.
     pub fn store_settings(&self) -> &DatabaseSettings {
         self.store.as_ref().unwrap_or(&self.database)
@@ -557,6 +639,19 @@ impl Settings {
             LogFormat::Pretty => "pretty",
         };
         let _ = writeln!(out, "log: format = {format}, level = {}", self.log.level);
+        let dm = &self.daemon;
+        let _ = writeln!(
+            out,
+            "daemon: max_concurrent_runs = {}, quarantine_after = {}, shutdown_grace = {}, \
+             heartbeat_interval = {}, max_backoff = {}, listen = {}",
+            dm.max_concurrent_runs,
+            dm.quarantine_after,
+            humantime::format_duration(dm.shutdown_grace),
+            humantime::format_duration(dm.heartbeat_interval),
+            humantime::format_duration(dm.max_backoff),
+            dm.listen
+                .map_or_else(|| "(off)".to_owned(), |a| a.to_string())
+        );
         if let Some(dir) = &self.districts_dir {
             let _ = writeln!(out, "districts_dir: {}", dir.display());
         }
@@ -607,6 +702,11 @@ impl Settings {
             let _ = writeln!(out, "  max_retries: {}", d.max_retries);
             let _ = writeln!(out, "  run_timeout: {}", h(d.run_timeout));
             let _ = writeln!(out, "  demographics: {}", d.demographics);
+            if !self.pause(&d.id).is_empty() {
+                let windows: Vec<String> =
+                    self.pause(&d.id).iter().map(ToString::to_string).collect();
+                let _ = writeln!(out, "  pause: {}", windows.join(", "));
+            }
             for (entity, l) in &d.limits {
                 let _ = writeln!(
                     out,
@@ -718,6 +818,10 @@ fn parse_settings(
         Some(value) => parse_log(value)?,
         None => LogSettings::default(),
     };
+    let daemon = match raw.daemon {
+        Some(value) => parse_daemon(value)?,
+        None => DaemonSettings::default(),
+    };
 
     let mut declared: Vec<(config::Value, DistrictOrigin, Option<String>)> = raw
         .districts
@@ -736,9 +840,11 @@ fn parse_settings(
 
     let mut districts = Vec::with_capacity(declared.len());
     let mut secret_sources = BTreeMap::new();
+    let mut pause_windows = BTreeMap::new();
     let mut origins: HashMap<String, DistrictOrigin> = HashMap::new();
     for (value, origin, default_id) in declared {
-        let (district, secret_source) = parse_district(value, &origin, default_id, base_dir, env)?;
+        let (district, secret_source, pause) =
+            parse_district(value, &origin, default_id, base_dir, env)?;
         if let Some(first) = origins.get(&district.id) {
             return Err(ConfigError::InvalidKey {
                 scope: Scope::district(&district.id, &origin),
@@ -748,6 +854,9 @@ fn parse_settings(
         }
         origins.insert(district.id.clone(), origin);
         secret_sources.insert(district.id.clone(), secret_source);
+        if !pause.is_empty() {
+            pause_windows.insert(district.id.clone(), pause);
+        }
         districts.push(district);
     }
 
@@ -755,10 +864,12 @@ fn parse_settings(
         database,
         store,
         log,
+        daemon,
         districts,
         source: PathBuf::new(),
         districts_dir,
         secret_sources,
+        pause_windows,
     })
 }
 
@@ -891,13 +1002,101 @@ fn parse_log(value: config::Value) -> Result<LogSettings, ConfigError> {
     Ok(LogSettings { format, level })
 }
 
+fn parse_daemon(value: config::Value) -> Result<DaemonSettings, ConfigError> {
+    let scope = Scope::Section("daemon");
+    let raw: RawDaemon = value.try_deserialize().map_err(|e| translate(e, &scope))?;
+    let listen = match raw.listen {
+        None => None,
+        Some(text) => Some(text.parse().map_err(|_| {
+            scope.key(
+                "listen",
+                format!(
+                    "not an address:port (got \"{}\", expected e.g. \"127.0.0.1:9464\")",
+                    text.escape_debug()
+                ),
+            )
+        })?),
+    };
+    Ok(DaemonSettings {
+        max_concurrent_runs: in_range(
+            &scope,
+            "max_concurrent_runs",
+            raw.max_concurrent_runs,
+            defaults::MAX_CONCURRENT_RUNS,
+            MAX_CONCURRENT_RUNS_RANGE,
+        )?,
+        quarantine_after: in_range(
+            &scope,
+            "quarantine_after",
+            raw.quarantine_after,
+            defaults::QUARANTINE_AFTER,
+            QUARANTINE_AFTER_RANGE,
+        )?,
+        shutdown_grace: duration(
+            &scope,
+            "shutdown_grace",
+            raw.shutdown_grace,
+            defaults::SHUTDOWN_GRACE,
+        )?,
+        heartbeat_interval: duration(
+            &scope,
+            "heartbeat_interval",
+            raw.heartbeat_interval,
+            defaults::HEARTBEAT_INTERVAL,
+        )?,
+        max_backoff: duration(
+            &scope,
+            "max_backoff",
+            raw.max_backoff,
+            defaults::MAX_BACKOFF,
+        )?,
+        listen,
+    })
+}
+
+/// `pause = ["2027-06-20..2027-08-15", "2027-12-24"]`: inclusive UTC date ranges, or one day.
+fn pause_windows(scope: &Scope, raw: Option<Vec<String>>) -> Result<Vec<PauseWindow>, ConfigError> {
+    let date = |text: &str, whole: &str| {
+        chrono::NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d").map_err(|_| {
+            scope.key(
+                "pause",
+                format!(
+                    "not a date or date range (got \"{}\", expected e.g. \"2027-06-20..2027-08-15\" or \"2027-12-24\")",
+                    whole.escape_debug()
+                ),
+            )
+        })
+    };
+    let mut windows = Vec::new();
+    for text in raw.unwrap_or_default() {
+        let (start, end) = match text.split_once("..") {
+            Some((a, b)) => (date(a, &text)?, date(b, &text)?),
+            None => {
+                let day = date(&text, &text)?;
+                (day, day)
+            }
+        };
+        if end < start {
+            return Err(scope.key(
+                "pause",
+                format!(
+                    "range ends before it starts (got \"{}\")",
+                    text.escape_debug()
+                ),
+            ));
+        }
+        windows.push(PauseWindow { start, end });
+    }
+    Ok(windows)
+}
+
 fn parse_district(
     value: config::Value,
     origin: &DistrictOrigin,
     default_id: Option<String>,
     base_dir: &Path,
     env: &EnvSource,
-) -> Result<(DistrictConfig, SecretSource), ConfigError> {
+) -> Result<(DistrictConfig, SecretSource, Vec<PauseWindow>), ConfigError> {
     // Read the id first so that even a deserialization error can name the district.
     let declared_id = value
         .clone()
@@ -1021,6 +1220,7 @@ fn parse_district(
         min_population: raw.min_population,
     };
     let raw_overrides = raw.limits.take();
+    let pause = pause_windows(&scope, raw.pause.take())?;
     let district = DistrictConfig {
         base_url,
         auth,
@@ -1071,7 +1271,7 @@ fn parse_district(
         limits: safety_limits(&scope, &raw_limits, raw_overrides)?,
         id,
     };
-    Ok((district, secret_source))
+    Ok((district, secret_source, pause))
 }
 
 /// The district-wide limits, then per entity type overrides (`limits.<entity>`).

@@ -3,6 +3,7 @@
 mod audit;
 mod client;
 mod config;
+mod daemon;
 mod migrations;
 mod network;
 mod safety;

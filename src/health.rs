@@ -1,0 +1,431 @@
+//! The daemon's HTTP listener (`[daemon] listen`): `/healthz` (the process is up), `/readyz`
+//! (the database answers and the scheduler loop is alive, else 503) and `/metrics` (Prometheus
+//! text format). Only `run` starts it. The metrics are kept here, in-process, and rendered by
+//! hand: a handful of counters and gauges does not need a metrics framework.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::sync::{Outcome, RunReport};
+
+/// The scheduler loop counts as dead when it has not ticked for this long.
+const TICK_STALE: Duration = Duration::from_secs(15);
+/// How long `/readyz` waits for the database.
+const DB_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Bounds of the run duration histogram, in seconds.
+const DURATION_BUCKETS: [f64; 10] = [
+    1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 14400.0,
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum HealthError {
+    #[error("cannot listen on {addr} ([daemon] listen): {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What the daemon tells the outside world: liveness of its scheduler loop and its metrics.
+#[derive(Debug, Default)]
+pub struct Monitor {
+    /// Unix seconds of the scheduler loop's last tick; 0 before the first.
+    last_tick: AtomicI64,
+    stopping: AtomicBool,
+    metrics: Mutex<Metrics>,
+}
+
+#[derive(Debug, Default)]
+struct Metrics {
+    /// (district, outcome) -> runs
+    runs: BTreeMap<(String, &'static str), u64>,
+    /// (district, entity, operation) -> records
+    records: BTreeMap<(String, &'static str, &'static str), u64>,
+    /// district -> unix seconds of the last successful run
+    last_success: BTreeMap<String, i64>,
+    /// district -> consecutive failures
+    failures: BTreeMap<String, i64>,
+    /// district -> (bucket counts, sum, count) of run durations
+    durations: BTreeMap<String, Histogram>,
+}
+
+#[derive(Debug, Default)]
+struct Histogram {
+    buckets: [u64; DURATION_BUCKETS.len()],
+    sum: f64,
+    count: u64,
+}
+
+impl Monitor {
+    pub fn new() -> Arc<Monitor> {
+        Arc::new(Monitor::default())
+    }
+
+    /// The scheduler loop is alive now.
+    pub fn tick(&self) {
+        self.last_tick
+            .store(Utc::now().timestamp(), Ordering::Relaxed);
+    }
+
+    /// Shutdown started: not ready any more (no new runs will start).
+    pub fn stopping(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    fn scheduler_alive(&self) -> bool {
+        let last = self.last_tick.load(Ordering::Relaxed);
+        !self.stopping.load(Ordering::Relaxed)
+            && last > 0
+            && Utc::now().timestamp() - last <= TICK_STALE.as_secs() as i64
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Metrics> {
+        // A panic while holding the lock cannot leave the counters half-updated in a way that
+        // matters for monitoring: keep serving them.
+        self.metrics.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The district's state as read from the database (at start and in heartbeats).
+    pub fn set_district(
+        &self,
+        district: &str,
+        last_success_at: Option<DateTime<Utc>>,
+        consecutive_failures: i64,
+    ) {
+        let mut m = self.lock();
+        if let Some(at) = last_success_at {
+            m.last_success.insert(district.to_owned(), at.timestamp());
+        }
+        m.failures.insert(district.to_owned(), consecutive_failures);
+    }
+
+    /// Counts one finished run.
+    pub fn record_run(&self, report: &RunReport) {
+        let mut m = self.lock();
+        *m.runs
+            .entry((report.district.clone(), report.outcome.as_str()))
+            .or_default() += 1;
+        if matches!(report.outcome, Outcome::Applied | Outcome::NothingToDo) {
+            m.last_success
+                .insert(report.district.clone(), report.finished_at.timestamp());
+        }
+        for (entity, c) in &report.counts {
+            for (op, n) in [
+                ("fetched", c.fetched),
+                ("created", c.created),
+                ("updated", c.updated),
+                ("reactivated", c.reactivated),
+                ("deleted", c.deleted),
+                ("skipped", c.skipped),
+            ] {
+                if n > 0 {
+                    *m.records
+                        .entry((report.district.clone(), entity.as_str(), op))
+                        .or_default() += n as u64;
+                }
+            }
+        }
+        let seconds = report.duration_ms as f64 / 1000.0;
+        let h = m.durations.entry(report.district.clone()).or_default();
+        for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
+            if seconds <= *bound {
+                h.buckets[i] += 1;
+            }
+        }
+        h.sum += seconds;
+        h.count += 1;
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let m = self.lock();
+        let mut out = String::new();
+        // Writing to a String cannot fail; the results are ignored for that reason.
+        out.push_str("# HELP oneroster_sync_runs_total Finished runs by district and outcome.\n");
+        out.push_str("# TYPE oneroster_sync_runs_total counter\n");
+        for ((district, outcome), n) in &m.runs {
+            let _ = writeln!(
+                out,
+                "oneroster_sync_runs_total{{district=\"{}\",outcome=\"{outcome}\"}} {n}",
+                label(district)
+            );
+        }
+        out.push_str(
+            "# HELP oneroster_sync_records_total Records by district, entity type and operation.\n",
+        );
+        out.push_str("# TYPE oneroster_sync_records_total counter\n");
+        for ((district, entity, op), n) in &m.records {
+            let _ = writeln!(
+                out,
+                "oneroster_sync_records_total{{district=\"{}\",entity=\"{entity}\",operation=\"{op}\"}} {n}",
+                label(district)
+            );
+        }
+        out.push_str("# HELP oneroster_sync_last_success_timestamp_seconds When the district last synced successfully.\n");
+        out.push_str("# TYPE oneroster_sync_last_success_timestamp_seconds gauge\n");
+        for (district, at) in &m.last_success {
+            let _ = writeln!(
+                out,
+                "oneroster_sync_last_success_timestamp_seconds{{district=\"{}\"}} {at}",
+                label(district)
+            );
+        }
+        out.push_str(
+            "# HELP oneroster_sync_consecutive_failures Failed runs since the last success.\n",
+        );
+        out.push_str("# TYPE oneroster_sync_consecutive_failures gauge\n");
+        for (district, n) in &m.failures {
+            let _ = writeln!(
+                out,
+                "oneroster_sync_consecutive_failures{{district=\"{}\"}} {n}",
+                label(district)
+            );
+        }
+        out.push_str(
+            "# HELP oneroster_sync_run_duration_seconds Run duration (fetch, diff and apply).\n",
+        );
+        out.push_str("# TYPE oneroster_sync_run_duration_seconds histogram\n");
+        for (district, h) in &m.durations {
+            let d = label(district);
+            for (bound, n) in DURATION_BUCKETS.iter().zip(h.buckets) {
+                let _ = writeln!(
+                    out,
+                    "oneroster_sync_run_duration_seconds_bucket{{district=\"{d}\",le=\"{bound}\"}} {n}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "oneroster_sync_run_duration_seconds_bucket{{district=\"{d}\",le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                out,
+                "oneroster_sync_run_duration_seconds_sum{{district=\"{d}\"}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                out,
+                "oneroster_sync_run_duration_seconds_count{{district=\"{d}\"}} {}",
+                h.count
+            );
+        }
+        out
+    }
+}
+
+/// District ids are `[a-z0-9_-]+`, but escape anyway so the exposition can never break.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[derive(Clone)]
+struct AppState {
+    monitor: Arc<Monitor>,
+    state_db: PgPool,
+}
+
+/// Binds `addr` now (so a bad address fails the start) and serves until `shutdown`.
+pub async fn serve(
+    addr: SocketAddr,
+    monitor: Arc<Monitor>,
+    state_db: PgPool,
+    shutdown: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, HealthError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| HealthError::Bind { addr, source })?;
+    let bound = listener.local_addr().unwrap_or(addr);
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(AppState { monitor, state_db });
+    info!(listen = %bound, "health and metrics listener started");
+    Ok(tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            error!(error = %e, "health and metrics listener stopped");
+        }
+    }))
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(app): State<AppState>) -> (StatusCode, String) {
+    let db_ok = matches!(
+        tokio::time::timeout(
+            DB_PROBE_TIMEOUT,
+            sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&app.state_db)
+        )
+        .await,
+        Ok(Ok(1))
+    );
+    let scheduler_ok = app.monitor.scheduler_alive();
+    let status = if db_ok && scheduler_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let word = |ok: bool| if ok { "ok" } else { "down" };
+    (
+        status,
+        format!(
+            "database {}\nscheduler {}\n",
+            word(db_ok),
+            word(scheduler_ok)
+        ),
+    )
+}
+
+async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.monitor.render(),
+    )
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("cannot reach {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no answer from {addr} within {timeout:?}")]
+    Timeout { addr: SocketAddr, timeout: Duration },
+    #[error("unreadable answer from {addr}")]
+    BadResponse { addr: SocketAddr },
+}
+
+/// GETs `http://addr/readyz` and returns the status code (for the `healthcheck` command; a
+/// plain HTTP/1.0 exchange on loopback needs no HTTP client).
+pub async fn probe_ready(addr: SocketAddr, timeout: Duration) -> Result<u16, ProbeError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|source| ProbeError::Connect { addr, source })?;
+        let request = format!("GET /readyz HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|source| ProbeError::Connect { addr, source })?;
+        let mut answer = Vec::new();
+        stream
+            .read_to_end(&mut answer)
+            .await
+            .map_err(|source| ProbeError::Connect { addr, source })?;
+        let text = String::from_utf8_lossy(&answer);
+        // "HTTP/1.1 200 OK"
+        text.split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse::<u16>().ok())
+            .ok_or(ProbeError::BadResponse { addr })
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| ProbeError::Timeout { addr, timeout })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Entity;
+    use crate::sync::EntityCounts;
+
+    fn report(district: &str, outcome: Outcome, users_created: i64, ms: u64) -> RunReport {
+        let mut counts = BTreeMap::new();
+        counts.insert(
+            Entity::Users,
+            EntityCounts {
+                fetched: 10,
+                created: users_created,
+                ..EntityCounts::default()
+            },
+        );
+        RunReport {
+            run_id: uuid::Uuid::nil(),
+            district: district.to_owned(),
+            outcome,
+            dry_run: false,
+            started_at: Utc::now(),
+            finished_at: Utc::now(),
+            duration_ms: ms,
+            revision: None,
+            counts,
+            skipped: vec![],
+            warnings: 0,
+            samples: Default::default(),
+            hold: None,
+            phases_ms: Default::default(),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn metrics_count_runs_records_and_durations() {
+        let m = Monitor::default();
+        m.record_run(&report("a", Outcome::Applied, 3, 2_000));
+        m.record_run(&report("a", Outcome::Failed, 0, 20_000));
+        m.record_run(&report("a", Outcome::Applied, 2, 500));
+        let text = m.render();
+        assert!(text.contains("oneroster_sync_runs_total{district=\"a\",outcome=\"applied\"} 2\n"));
+        assert!(text.contains("oneroster_sync_runs_total{district=\"a\",outcome=\"failed\"} 1\n"));
+        assert!(text.contains(
+            "oneroster_sync_records_total{district=\"a\",entity=\"users\",operation=\"created\"} 5\n"
+        ));
+        assert!(text.contains(
+            "oneroster_sync_records_total{district=\"a\",entity=\"users\",operation=\"fetched\"} 30\n"
+        ));
+        assert!(
+            text.contains(
+                "oneroster_sync_run_duration_seconds_bucket{district=\"a\",le=\"1\"} 1\n"
+            )
+        );
+        assert!(
+            text.contains(
+                "oneroster_sync_run_duration_seconds_bucket{district=\"a\",le=\"5\"} 2\n"
+            )
+        );
+        assert!(text.contains(
+            "oneroster_sync_run_duration_seconds_bucket{district=\"a\",le=\"+Inf\"} 3\n"
+        ));
+        assert!(text.contains("oneroster_sync_last_success_timestamp_seconds{district=\"a\"}"));
+    }
+
+    #[test]
+    fn readiness_needs_a_recent_tick_and_no_shutdown() {
+        let m = Monitor::default();
+        assert!(!m.scheduler_alive());
+        m.tick();
+        assert!(m.scheduler_alive());
+        m.stopping();
+        assert!(!m.scheduler_alive());
+    }
+}
