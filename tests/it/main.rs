@@ -3,6 +3,7 @@
 mod audit;
 mod client;
 mod config;
+mod docs;
 mod migrations;
 mod safety;
 mod support;
