@@ -513,6 +513,94 @@ struct RawLimits {
     min_population: Option<i64>,
 }
 
+// ---- the accepted keys, for the configuration reference ---------------------------------------
+
+/// One table of the configuration and the keys it accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigTable {
+    /// The table's TOML path: `""` for the top level, then `"database"`, `"districts"` (also the
+    /// shape of a district file), `"districts.limits.<entity>"`...
+    pub table: &'static str,
+    pub keys: &'static [&'static str],
+}
+
+/// Every key the configuration accepts, per table, read from the serde structs that parse it
+/// (not a hand-kept list), so that the reference test (`tests/it/docs.rs`) fails when a key is
+/// added without documentation.
+pub fn accepted_keys() -> Vec<ConfigTable> {
+    vec![
+        ConfigTable {
+            table: "",
+            keys: field_names::<RawTop>(),
+        },
+        ConfigTable {
+            table: "database",
+            keys: field_names::<RawDatabase>(),
+        },
+        // `[store]` is parsed with the same struct as `[database]`.
+        ConfigTable {
+            table: "store",
+            keys: field_names::<RawDatabase>(),
+        },
+        ConfigTable {
+            table: "log",
+            keys: field_names::<RawLog>(),
+        },
+        ConfigTable {
+            table: "daemon",
+            keys: field_names::<RawDaemon>(),
+        },
+        ConfigTable {
+            table: "districts",
+            keys: field_names::<RawDistrict>(),
+        },
+        ConfigTable {
+            table: "districts.limits.<entity>",
+            keys: field_names::<RawLimits>(),
+        },
+    ]
+}
+
+/// The field names serde-derive declares for `T`: it passes them to `deserialize_struct`, which
+/// [`FieldNames`] records before refusing to go on (the technique of
+/// `serde_aux::serde_introspect`). Empty for a type that is not a plain struct.
+fn field_names<T: for<'de> Deserialize<'de>>() -> &'static [&'static str] {
+    let mut fields = None;
+    // The deserializer always errors once it has the names: the error is the expected outcome.
+    let _ = T::deserialize(FieldNames(&mut fields));
+    fields.unwrap_or_default()
+}
+
+/// A `Deserializer` that only records the `fields` of a struct and yields no data.
+struct FieldNames<'a>(&'a mut Option<&'static [&'static str]>);
+
+impl<'de> serde::Deserializer<'de> for FieldNames<'_> {
+    type Error = serde::de::value::Error;
+
+    fn deserialize_struct<V: serde::de::Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        _visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        *self.0 = Some(fields);
+        Err(serde::de::Error::custom("field names recorded"))
+    }
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(
+        self,
+        _visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        Err(serde::de::Error::custom("not a struct"))
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+        ignored_any
+    }
+}
+
 // ---- loading -----------------------------------------------------------------------------------
 
 /// When a run's change set is held for approval instead of applied (CONTRACT §6). Judged per
