@@ -61,6 +61,8 @@ struct Metrics {
     failures: BTreeMap<String, i64>,
     /// district -> (bucket counts, sum, count) of run durations
     durations: BTreeMap<String, Histogram>,
+    /// district -> (OneRoster requests, seconds spent on them)
+    fetches: BTreeMap<String, (u64, f64)>,
 }
 
 #[derive(Debug, Default)]
@@ -148,6 +150,9 @@ impl Monitor {
         }
         h.sum += seconds;
         h.count += 1;
+        let f = m.fetches.entry(report.district.clone()).or_default();
+        f.0 += report.fetch.requests;
+        f.1 += report.fetch.request_ms as f64 / 1000.0;
     }
 
     /// The Prometheus text exposition (format 0.0.4).
@@ -222,6 +227,19 @@ impl Monitor {
                 out,
                 "oneroster_sync_run_duration_seconds_count{{district=\"{d}\"}} {}",
                 h.count
+            );
+        }
+        out.push_str("# HELP oneroster_sync_fetch_duration_seconds Time per OneRoster request (sending, waiting, reading and parsing a page; retries count as requests).\n");
+        out.push_str("# TYPE oneroster_sync_fetch_duration_seconds summary\n");
+        for (district, (count, sum)) in &m.fetches {
+            let d = label(district);
+            let _ = writeln!(
+                out,
+                "oneroster_sync_fetch_duration_seconds_sum{{district=\"{d}\"}} {sum}"
+            );
+            let _ = writeln!(
+                out,
+                "oneroster_sync_fetch_duration_seconds_count{{district=\"{d}\"}} {count}"
             );
         }
         out
@@ -384,7 +402,16 @@ mod tests {
             samples: Default::default(),
             hold: None,
             phases_ms: Default::default(),
+            fetch: oneroster_sync_fetch(ms),
             error: None,
+        }
+    }
+
+    fn oneroster_sync_fetch(ms: u64) -> crate::sync::FetchStats {
+        crate::sync::FetchStats {
+            requests: 4,
+            retries: 1,
+            request_ms: ms / 2,
         }
     }
 
@@ -417,6 +444,15 @@ mod tests {
             "oneroster_sync_run_duration_seconds_bucket{district=\"a\",le=\"+Inf\"} 3\n"
         ));
         assert!(text.contains("oneroster_sync_last_success_timestamp_seconds{district=\"a\"}"));
+        // 3 runs x 4 requests; (2 + 20 + 0.5) s of runs, half of it fetching.
+        assert!(
+            text.contains("oneroster_sync_fetch_duration_seconds_count{district=\"a\"} 12\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("oneroster_sync_fetch_duration_seconds_sum{district=\"a\"} 11.25\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -252,6 +252,17 @@ pub async fn try_lock_district(
         let _ = conn.close().await;
         return Ok(None);
     }
+    // Holding the lock, no other applying run of this district is alive: a run still marked
+    // `running` belonged to a process that died (or was stopped past its grace) mid-run.
+    sqlx::query(
+        "UPDATE sync.runs SET outcome = 'abandoned', finished_at = now(),
+             error = 'the process running it stopped before it finished; the next run converges'
+         WHERE district_id = $1 AND outcome = 'running' AND NOT dry_run",
+    )
+    .bind(district)
+    .execute(&mut conn)
+    .await
+    .map_err(db("closing abandoned runs", district))?;
     Ok(Some(DistrictLock {
         conn,
         district: district.to_owned(),

@@ -93,7 +93,16 @@ pub struct RunReport {
     /// `normalize` and `stage`, the time spent normalizing and copying into staging), `check`,
     /// `diff`, `apply` (store and mirror).
     pub phases_ms: BTreeMap<&'static str, u64>,
+    /// OneRoster requests made (retries included) and the time spent on them.
+    pub fetch: FetchStats,
     pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct FetchStats {
+    pub requests: u64,
+    pub retries: u64,
+    pub request_ms: u64,
 }
 
 /// Why a change set was (or would be) held, and how it is identified for `approve`.
@@ -168,6 +177,7 @@ pub async fn run_once(
             samples: Samples::new(),
             hold: None,
             phases: BTreeMap::new(),
+            fetch: FetchStats::default(),
         };
         for entity in Entity::ALL {
             run.counts.insert(entity, EntityCounts::default());
@@ -213,6 +223,7 @@ struct Run {
     samples: Samples,
     hold: Option<Hold>,
     phases: BTreeMap<&'static str, Duration>,
+    fetch: FetchStats,
 }
 
 impl Run {
@@ -249,6 +260,12 @@ async fn cycle(
     let client = OneRosterClient::new(district)?;
     let mut session = dbs.state_session().await?;
     let result = cycle_in_session(dbs, district, run_id, dry_run, run, &client, &mut session).await;
+    let stats = client.stats();
+    run.fetch = FetchStats {
+        requests: stats.requests,
+        retries: stats.retries,
+        request_ms: stats.request_time.as_millis() as u64,
+    };
     // Closing the session drops every temporary table; a failed close changes nothing.
     let _ = session.close().await;
     result
@@ -764,6 +781,7 @@ async fn finish(
             .iter()
             .map(|(k, v)| (*k, v.as_millis() as u64))
             .collect(),
+        fetch: run.fetch,
         error,
     };
     if let Err(e) = record_finish(&dbs.state, &report).await {

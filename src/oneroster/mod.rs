@@ -121,6 +121,9 @@ pub struct ClientStats {
     pub retries: u64,
     /// Token endpoint requests (OAuth2 only).
     pub token_requests: u64,
+    /// Total time spent on collection requests (sending, waiting, reading and parsing the
+    /// page), for the fetch-latency metric (with `requests`, the mean).
+    pub request_time: std::time::Duration,
 }
 
 pub struct OneRosterClient {
@@ -134,6 +137,7 @@ pub struct OneRosterClient {
     retry: retry::RetryPolicy,
     requests: AtomicU64,
     retries: AtomicU64,
+    request_micros: AtomicU64,
 }
 
 impl std::fmt::Debug for OneRosterClient {
@@ -188,6 +192,7 @@ impl OneRosterClient {
             retry: retry::RetryPolicy::new(district.max_retries),
             requests: AtomicU64::new(0),
             retries: AtomicU64::new(0),
+            request_micros: AtomicU64::new(0),
         })
     }
 
@@ -196,6 +201,9 @@ impl OneRosterClient {
             requests: self.requests.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
             token_requests: self.auth.token_fetches(),
+            request_time: std::time::Duration::from_micros(
+                self.request_micros.load(Ordering::Relaxed),
+            ),
         }
     }
 
@@ -273,9 +281,13 @@ impl OneRosterClient {
                 .auth
                 .credential(&self.http, &self.retry, &url, &params)
                 .await?;
+            let started = std::time::Instant::now();
             let outcome = self
                 .attempt::<T>(endpoint, &full_url, credential.header, offset, known_total)
-                .await?;
+                .await;
+            self.request_micros
+                .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            let outcome = outcome?;
             let (failure, retry_after) = match outcome {
                 Attempt::Done(page) => {
                     self.retry.budget.record_success();

@@ -282,6 +282,10 @@ async fn districts_run_on_their_own_schedules_and_a_slow_one_does_not_delay_anot
         "{metrics}"
     );
     assert!(metrics.contains("oneroster_sync_last_success_timestamp_seconds{district=\"fast\"}"));
+    assert!(
+        metrics.contains("oneroster_sync_fetch_duration_seconds_count{district=\"fast\"}"),
+        "{metrics}"
+    );
     let check = crate::support::run_binary(&config, &["healthcheck"], &[]).await;
     assert!(check.status.success(), "healthcheck: {check:?}");
 
@@ -549,6 +553,10 @@ async fn kill_9_during_the_apply_leaves_the_store_consistent_and_the_next_run_co
     daemon.stop(Duration::from_secs(10)).await;
     let want = expected(&h.sim.snapshot(), &Default::default());
     assert_store_eq(&store_rows(&h.db, DISTRICT).await, &want);
+    // The killed run is accounted for in the history, not left "running" forever.
+    let rows = runs(&h.db, DISTRICT).await;
+    assert!(rows.iter().all(|r| r.outcome != "running"), "{rows:?}");
+    assert!(rows.iter().any(|r| r.outcome == "abandoned"), "{rows:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
