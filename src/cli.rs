@@ -116,7 +116,7 @@ pub fn main() -> ExitCode {
         return match runtime_block_on(pull_district(&settings, district)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("oneroster-sync: {e:#}");
+                eprintln!("oneroster-sync: {}", sync::error_chain(e.as_ref()));
                 ExitCode::from(EXIT_FAILED)
             }
         };
@@ -145,8 +145,10 @@ pub fn main() -> ExitCode {
     match runtime.block_on(dispatch(cli.command, settings)) {
         Ok(code) => code,
         Err(e) => {
-            error!(error = %format!("{e:#}"), "command failed");
-            eprintln!("oneroster-sync: {e:#}");
+            // The chain once, without repeating causes already quoted by their parents.
+            let chain = sync::error_chain(e.as_ref());
+            error!(error = %chain, "command failed");
+            eprintln!("oneroster-sync: {chain}");
             ExitCode::from(EXIT_FAILED)
         }
     }
