@@ -21,14 +21,17 @@ WORKDIR /src
 # not on every source change. The stub crates give cargo targets to build them for.
 COPY Cargo.toml Cargo.lock ./
 COPY simulator/Cargo.toml simulator/Cargo.toml
-RUN mkdir -p src simulator/src \
+# (scripts/check-docker-stubs runs these same lines in CI.)
+RUN mkdir -p src simulator/src benches \
  && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
  && echo 'fn main() {}' > simulator/src/main.rs && touch simulator/src/lib.rs \
+ && echo 'fn main() {}' > benches/pull.rs \
  && cargo build --release --locked --bins \
- && rm -rf src simulator/src
+ && rm -rf src simulator/src benches
 COPY src src
 COPY migrations migrations
 COPY simulator/src simulator/src
+COPY benches benches
 # COPY keeps the sources' old mtimes, which cargo would take as older than the stub build.
 # The same command as .ci/run builds, so CI checks exactly what ships.
 RUN touch src/lib.rs src/main.rs simulator/src/lib.rs simulator/src/main.rs \
