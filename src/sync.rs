@@ -598,7 +598,7 @@ async fn pull_all(
             fields: Some(oneroster::DEMOGRAPHICS_FIELDS.to_vec()),
             ..PullQuery::default()
         };
-        if !pull_collection(
+        let selected = pull_collection(
             client,
             session,
             run,
@@ -608,8 +608,31 @@ async fn pull_all(
             query,
             normalize::demographics,
         )
-        .await?
-        {
+        .await;
+        let completed = match selected {
+            // Every page carries the same `fields`, so a server that refuses the selection
+            // refuses the first page, before anything was staged. Without the selection the
+            // server sends whole records; the wire type still keeps only gender and ethnicity.
+            Err(SyncError::Fetch(FetchError::Client { status: 400, .. })) => {
+                warn!(
+                    "the server refused the demographics field selection (HTTP 400): \
+                     pulling demographics without it (only gender and ethnicity are kept)"
+                );
+                pull_collection(
+                    client,
+                    session,
+                    run,
+                    pull,
+                    Endpoint::Demographics,
+                    Entity::Users,
+                    PullQuery::default(),
+                    normalize::demographics,
+                )
+                .await?
+            }
+            other => other?,
+        };
+        if !completed {
             return Ok(());
         }
     }

@@ -35,6 +35,9 @@ pub struct Faults {
     pub status_for: Option<(String, u16)>,
     /// Overrides `SimConfig::page_cap` while set.
     pub page_cap: Option<usize>,
+    /// Answer 400 `invalid_selection_field` to any request with `fields=` (servers that do not
+    /// support field selection).
+    pub reject_fields: bool,
 }
 
 impl Default for Faults {
@@ -52,6 +55,7 @@ impl Default for Faults {
             revision_never_settles: false,
             status_for: None,
             page_cap: None,
+            reject_fields: false,
         }
     }
 }

@@ -682,6 +682,12 @@ fn list_page(
     truncate: bool,
 ) -> Result<Response, ImsxError> {
     let q = parse_list_query(raw_query)?;
+    if q.fields.is_some() && sim.control().faults.faults.reject_fields {
+        return Err(ImsxError::bad_request(
+            "invalid_selection_field",
+            "field selection is not supported".to_string(),
+        ));
+    }
     let limit = {
         let cap = {
             let control = sim.control();

@@ -767,3 +767,27 @@ async fn districts_never_touch_each_others_rows() {
     let lakeside = store_rows(&h.db, DISTRICT).await;
     assert!(lakeside["users"].values().any(|u| u["status"] == "deleted"));
 }
+
+#[tokio::test]
+async fn a_server_refusing_field_selection_still_yields_only_gender_and_ethnicity() {
+    const BIRTH_CITY: &str = "Canaryville-0b1e";
+    let h = Harness::new(Counts::tiny()).await;
+    h.sim.with_data(|ds| {
+        for d in ds.demographics.iter_mut() {
+            d.city_of_birth = BIRTH_CITY.into();
+        }
+    });
+    h.sim.set_faults(Faults {
+        reject_fields: true,
+        ..Faults::default()
+    });
+    let report = h.sync().await;
+    assert_eq!(report.outcome, Outcome::Applied, "{report:?}");
+    assert_store_eq(
+        &store_rows(&h.db, DISTRICT).await,
+        &expected(&h.sim.snapshot(), &StoreRows::new()),
+    );
+    assert!(!h.db.dump().contains(BIRTH_CITY));
+    // The demographics were fetched twice: refused with `fields`, then served without.
+    assert!(h.sim.stats().per_status.get(&400).copied().unwrap_or(0) >= 1);
+}
