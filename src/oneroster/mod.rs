@@ -548,8 +548,11 @@ fn check_page(
     known_total: Option<usize>,
     got: usize,
 ) -> Result<PageMeta, FetchError> {
+    // The first page must announce the total; a later page that omits it is read against the
+    // first page's (some servers only send it once), one that announces another is an error.
     let total = header_str(headers, "x-total-count")
         .and_then(|v| v.parse::<usize>().ok())
+        .or(known_total)
         .ok_or(FetchError::MissingTotal { endpoint, offset })?;
     if let Some(first) = known_total
         && first != total
@@ -836,6 +839,10 @@ mod tests {
                 got: 0,
                 ..
             })
+        ));
+        assert!(matches!(
+            check_page(Endpoint::Users, &headers(&[]), 2, 2, Some(4), 2),
+            Ok(PageMeta { total: 4, .. })
         ));
         assert!(matches!(
             check_page(Endpoint::Users, &headers(&[]), 0, 2, None, 2),
