@@ -19,7 +19,7 @@ use crate::db::{Databases, DbError};
 use crate::domain::{Entity, Skipped, Warning};
 use crate::mirror::{self, ChangeCounts, DiffMode, MirrorError, Samples, StageRow};
 use crate::normalize;
-use crate::oneroster::{self, Endpoint, FetchError, OneRosterClient, PullQuery, WireRecord};
+use crate::oneroster::{self, Endpoint, FetchError, OneRosterClient, Page, PullQuery, WireRecord};
 use crate::safety::{self, Breach};
 use crate::store::{self, StoreError};
 
@@ -662,50 +662,68 @@ where
     D: StageRow,
 {
     let counts_fetched = endpoint != Endpoint::Demographics;
-    let mut pages = std::pin::pin!(client.pages::<W>(endpoint, query));
-    while let Some(page) = pages.try_next().await? {
-        if !pull.observe(&page.revision) {
-            return Ok(false);
-        }
-        if counts_fetched && let Some(c) = run.counts.get_mut(&entity) {
-            c.fetched += (page.records.len() + page.unreadable.len()) as i64;
-        }
-        // Skipped records are staged too: they are "in the snapshot" for references and are
-        // not deletions.
-        let mut skipped = page.unreadable;
-        let mut rows = Vec::with_capacity(page.records.len());
-        let phase = Instant::now();
-        for record in page.records {
-            match normalize(record) {
-                Ok((row, warnings)) => {
-                    for w in warnings {
-                        run.warn(w);
-                    }
-                    if let Some(row) = row {
-                        rows.push(row);
-                    }
-                }
-                Err(skipped) if endpoint == Endpoint::Demographics => {
-                    // A bad demographics record only costs that user's demographics.
-                    run.warn(Warning {
-                        entity: "demographics",
-                        sourced_id: skipped.sourced_id,
-                        message: skipped.reason,
-                    });
-                }
-                Err(bad) => skipped.push(bad),
+    // Fetching and staging run side by side: the producer keeps the client's requests going
+    // while the consumer normalizes and copies earlier pages. The channel (plus the client's
+    // own `concurrency` requests in flight) bounds the pages held in memory.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Page<W>>(client.concurrency());
+    let producer = async move {
+        let mut pages = std::pin::pin!(client.pages::<W>(endpoint, query));
+        while let Some(page) = pages.try_next().await? {
+            if tx.send(page).await.is_err() {
+                break; // the consumer stopped (revision moved or staging failed)
             }
         }
-        run.timed("normalize", phase);
-        let phase = Instant::now();
-        mirror::copy_rows(session, &rows).await?;
-        mirror::copy_skipped(session, &skipped).await?;
-        run.timed("stage", phase);
-        for bad in skipped {
-            run.skip(entity, bad);
+        Ok::<(), SyncError>(())
+    };
+    let consumer = async move {
+        while let Some(page) = rx.recv().await {
+            if !pull.observe(&page.revision) {
+                return Ok(false);
+            }
+            if counts_fetched && let Some(c) = run.counts.get_mut(&entity) {
+                c.fetched += (page.records.len() + page.unreadable.len()) as i64;
+            }
+            // Skipped records are staged too: they are "in the snapshot" for references and
+            // are not deletions.
+            let mut skipped = page.unreadable;
+            let mut rows = Vec::with_capacity(page.records.len());
+            let phase = Instant::now();
+            for record in page.records {
+                match normalize(record) {
+                    Ok((row, warnings)) => {
+                        for w in warnings {
+                            run.warn(w);
+                        }
+                        if let Some(row) = row {
+                            rows.push(row);
+                        }
+                    }
+                    Err(skipped) if endpoint == Endpoint::Demographics => {
+                        // A bad demographics record only costs that user's demographics.
+                        run.warn(Warning {
+                            entity: "demographics",
+                            sourced_id: skipped.sourced_id,
+                            message: skipped.reason,
+                        });
+                    }
+                    Err(bad) => skipped.push(bad),
+                }
+            }
+            run.timed("normalize", phase);
+            let phase = Instant::now();
+            mirror::copy_rows(session, &rows).await?;
+            mirror::copy_skipped(session, &skipped).await?;
+            run.timed("stage", phase);
+            for bad in skipped {
+                run.skip(entity, bad);
+            }
         }
-    }
-    Ok(true)
+        Ok::<bool, SyncError>(true)
+    };
+    let (fetched, staged) = tokio::join!(producer, consumer);
+    // A fetch failure ends the channel early: it must not read as a complete collection.
+    fetched?;
+    staged
 }
 
 fn entity_named(name: &str) -> Entity {

@@ -196,6 +196,11 @@ impl OneRosterClient {
         })
     }
 
+    /// How many page requests this client keeps in flight at most.
+    pub fn concurrency(&self) -> usize {
+        self.concurrency
+    }
+
     pub fn stats(&self) -> ClientStats {
         ClientStats {
             requests: self.requests.load(Ordering::Relaxed),
