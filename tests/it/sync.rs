@@ -791,3 +791,92 @@ async fn a_server_refusing_field_selection_still_yields_only_gender_and_ethnicit
     // The demographics were fetched twice: refused with `fields`, then served without.
     assert!(h.sim.stats().per_status.get(&400).copied().unwrap_or(0) >= 1);
 }
+
+#[tokio::test]
+async fn invalid_records_keep_their_row_deleted_ones_come_back_and_enrollments_follow() {
+    let h = Harness::new(Counts::tiny()).await;
+    assert_eq!(h.sync().await.outcome, Outcome::Applied);
+    let first = store_rows(&h.db, DISTRICT).await;
+    let ds = h.sim.snapshot();
+    // A student who is active, with active enrollments.
+    let student = ds
+        .users
+        .iter()
+        .find(|u| {
+            u.role == "student"
+                && u.status == Status::Active
+                && first["enrollments"].values().any(|e| {
+                    e["user_sourced_id"] == u.sourced_id.as_str() && e["status"] == "active"
+                })
+        })
+        .unwrap()
+        .clone();
+    let their_enrollments = |rows: &StoreRows| -> Vec<Value> {
+        rows["enrollments"]
+            .values()
+            .filter(|e| e["user_sourced_id"] == student.sourced_id.as_str())
+            .cloned()
+            .collect()
+    };
+
+    // 1. Invalid in this pull (unknown role): the stored row and its enrollments stay as they were.
+    h.sim.with_data(|ds| {
+        let when = ds.next_timestamp();
+        let u = ds
+            .users
+            .iter_mut()
+            .find(|u| u.sourced_id == student.sourced_id)
+            .unwrap();
+        u.role = "wizard".into();
+        u.date_last_modified = when;
+    });
+    let report = h.sync().await;
+    assert_eq!(report.outcome, Outcome::NothingToDo, "{report:?}");
+    assert!(
+        report
+            .skipped
+            .iter()
+            .any(|s| s.sourced_id == student.sourced_id)
+    );
+    let rows = store_rows(&h.db, DISTRICT).await;
+    assert_eq!(
+        rows["users"][&student.sourced_id],
+        first["users"][&student.sourced_id]
+    );
+    assert_eq!(their_enrollments(&rows), their_enrollments(&first));
+
+    // 2. Gone from the source: deleted, and the cascade deletes their enrollments.
+    h.sim
+        .with_data(|ds| ds.users.retain(|u| u.sourced_id != student.sourced_id));
+    let report = h.sync().await;
+    assert_eq!(report.outcome, Outcome::Applied, "{report:?}");
+    let rows = store_rows(&h.db, DISTRICT).await;
+    assert_eq!(rows["users"][&student.sourced_id]["status"], "deleted");
+    let enrollments = their_enrollments(&rows);
+    assert!(
+        !enrollments.is_empty() && enrollments.iter().all(|e| e["status"] == "deleted"),
+        "{enrollments:?}"
+    );
+
+    // 3. Back again, valid: reactivated (deleted_at cleared) and so are the enrollments.
+    h.sim.with_data(|ds| ds.users.push(student.clone()));
+    let report = h.sync().await;
+    assert_eq!(report.outcome, Outcome::Applied, "{report:?}");
+    assert!(report.counts[&Entity::Users].reactivated >= 1);
+    let rows = store_rows(&h.db, DISTRICT).await;
+    assert_eq!(
+        rows["users"][&student.sourced_id],
+        first["users"][&student.sourced_id]
+    );
+    assert_eq!(their_enrollments(&rows), their_enrollments(&first));
+    let mut conn = h.db.connect().await;
+    let deleted_at: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
+        "SELECT deleted_at FROM roster.users WHERE district_id = $1 AND sourced_id = $2",
+    )
+    .bind(DISTRICT)
+    .bind(&student.sourced_id)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(deleted_at, None);
+}
