@@ -356,6 +356,15 @@ fn demographics(
     }
 }
 
+/// An enrollment runs as long as its class: one semester, or the whole school year.
+fn class_dates(class: &Class) -> (Option<NaiveDate>, Option<NaiveDate>) {
+    match class.terms.as_slice() {
+        [only] if only == SEMESTER_1 => (date(2026, 8, 17), date(2027, 1, 23)),
+        [only] if only == SEMESTER_2 => (date(2027, 1, 25), date(2027, 6, 19)),
+        _ => (date(2026, 8, 17), date(2027, 6, 19)),
+    }
+}
+
 pub(crate) fn student_enrollment(
     sourced_id: String,
     user: &str,
@@ -372,8 +381,8 @@ pub(crate) fn student_enrollment(
         school: class.school.clone(),
         role: Cow::Borrowed("student"),
         primary: false,
-        begin_date: date(2026, 8, 17),
-        end_date: date(2027, 6, 19),
+        begin_date: class_dates(class).0,
+        end_date: class_dates(class).1,
         extra: Fields::new(),
     }
 }
@@ -678,8 +687,8 @@ pub fn generate(seed: u64, counts: &Counts) -> Dataset {
             school: class.school.clone(),
             role: Cow::Borrowed("teacher"),
             primary,
-            begin_date: date(2026, 8, 17),
-            end_date: date(2027, 6, 19),
+            begin_date: class_dates(class).0,
+            end_date: class_dates(class).1,
             extra: Fields::new(),
         };
         enrollments.push(teacher(primary, true, &mut rng));

@@ -87,6 +87,13 @@ async fn clean_district_has_no_blocking_finding_and_counts_every_record() {
             .all(|f| f["severity"] != "blocking"),
         "{report:#}"
     );
+    // The simulator dates enrollments by their class's terms: nothing to warn about there.
+    assert!(
+        findings(&report)
+            .iter()
+            .all(|f| f["code"] != "enrollment_outside_term"),
+        "{report:#}"
+    );
     let ds = sim.snapshot();
     for (entity, collection) in [
         ("orgs", Collection::Orgs),
