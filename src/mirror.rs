@@ -419,12 +419,14 @@ impl StageRow for Enrollment {
 // Checks on the whole snapshot
 
 /// Indexes the staged snapshot, drops duplicate ids and records whose references point outside
-/// the snapshot, and returns what it skipped (already recorded in `stage_skipped`).
+/// the snapshot, and returns what it skipped, by entity (already recorded in `stage_skipped`).
 ///
 /// A reference counts as "in the snapshot" when the pull returned a record with that id, even
 /// one skipped as invalid: an invalid record keeps its stored row, so what refers to it keeps
 /// working.
-pub async fn check_snapshot(conn: &mut PgConnection) -> Result<Vec<Skipped>, MirrorError> {
+pub async fn check_snapshot(
+    conn: &mut PgConnection,
+) -> Result<Vec<(Entity, Skipped)>, MirrorError> {
     let mut sql = String::new();
     for entity in Entity::ALL {
         let e = entity.as_str();
@@ -455,7 +457,7 @@ pub async fn check_snapshot(conn: &mut PgConnection) -> Result<Vec<Skipped>, Mir
         .fetch_all(&mut *conn)
         .await
         .map_err(db("removing duplicate records"))?;
-        skipped.extend(rows.iter().map(|r| skipped_row(entity, r)));
+        skipped.extend(rows.iter().map(|r| (entity, skipped_row(entity, r))));
     }
     sqlx::query(
         "DELETE FROM stage_demographics a WHERE EXISTS (SELECT 1 FROM stage_demographics b
@@ -508,7 +510,7 @@ pub async fn check_snapshot(conn: &mut PgConnection) -> Result<Vec<Skipped>, Mir
         .fetch_all(&mut *conn)
         .await
         .map_err(db("checking references"))?;
-        skipped.extend(rows.iter().map(|r| skipped_row(entity, r)));
+        skipped.extend(rows.iter().map(|r| (entity, skipped_row(entity, r))));
     }
     Ok(skipped)
 }

@@ -42,12 +42,8 @@ fn db(doing: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |source| StoreError::Database { doing, source }
 }
 
-/// Rows actually written per entity (for tests and logs; the run's counts come from the diff).
-pub type Written = BTreeMap<Entity, u64>;
-
 /// Applies `apply_*` and `del_*` to `roster.*` for one district, on the caller's transaction.
-pub async fn apply(conn: &mut PgConnection, district: &str) -> Result<Written, StoreError> {
-    let mut written = Written::new();
+pub async fn apply(conn: &mut PgConnection, district: &str) -> Result<(), StoreError> {
     for entity in Entity::ALL {
         let e = entity.as_str();
         let cols = column_list(entity, "");
@@ -59,7 +55,7 @@ pub async fn apply(conn: &mut PgConnection, district: &str) -> Result<Written, S
             .join(", ");
         let old = column_list(entity, "t.");
         let new = column_list(entity, "EXCLUDED.");
-        let upserted = sqlx::query(sql!(
+        sqlx::query(sql!(
             "INSERT INTO roster.{e} AS t (district_id, sourced_id, {cols}, updated_at, deleted_at)
              SELECT $1, a.sourced_id, {from_apply}, now(), CASE WHEN a.status = 'deleted' THEN now() END
              FROM apply_{e} a
@@ -71,9 +67,8 @@ pub async fn apply(conn: &mut PgConnection, district: &str) -> Result<Written, S
         .bind(district)
         .execute(&mut *conn)
         .await
-        .map_err(db("writing created and updated rows"))?
-        .rows_affected();
-        let deleted = sqlx::query(sql!(
+        .map_err(db("writing created and updated rows"))?;
+        sqlx::query(sql!(
             "UPDATE roster.{e} t SET status = 'deleted', deleted_at = now(), updated_at = now()
              FROM del_{e} d
              WHERE t.district_id = $1 AND t.sourced_id = d.sourced_id AND t.status <> 'deleted'"
@@ -81,11 +76,9 @@ pub async fn apply(conn: &mut PgConnection, district: &str) -> Result<Written, S
         .bind(district)
         .execute(&mut *conn)
         .await
-        .map_err(db("soft-deleting rows"))?
-        .rows_affected();
-        written.insert(entity, upserted + deleted);
+        .map_err(db("soft-deleting rows"))?;
     }
-    Ok(written)
+    Ok(())
 }
 
 /// Reconcile only: soft-deletes the district's active store rows that are neither in this

@@ -286,8 +286,7 @@ async fn cycle_in_session(
     run.timed("pull", phase);
 
     let phase = Instant::now();
-    for skipped in mirror::check_snapshot(session).await? {
-        let entity = entity_named(skipped.entity);
+    for (entity, skipped) in mirror::check_snapshot(session).await? {
         run.skip(entity, skipped);
     }
     run.timed("check", phase);
@@ -724,13 +723,6 @@ where
     // A fetch failure ends the channel early: it must not read as a complete collection.
     fetched?;
     staged
-}
-
-fn entity_named(name: &str) -> Entity {
-    Entity::ALL
-        .into_iter()
-        .find(|e| e.as_str() == name)
-        .unwrap_or(Entity::Users)
 }
 
 async fn pending_run(dbs: &Databases, district: &str) -> Result<Option<Uuid>, SyncError> {
