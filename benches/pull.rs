@@ -59,6 +59,7 @@ fn district(sim: &SimHandle, page_size: u32, concurrency: usize) -> anyhow::Resu
         },
         interval: defaults::INTERVAL,
         full_interval: defaults::FULL_INTERVAL,
+        delta_overlap: defaults::DELTA_OVERLAP,
         page_size,
         dry_run: false,
         enabled: true,

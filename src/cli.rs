@@ -51,13 +51,17 @@ struct Cli {
 enum Command {
     /// The daemon: every enabled district on its schedule until SIGTERM/SIGINT.
     Run,
-    /// One full cycle for one district, then exit.
+    /// One cycle for one district (a full pull unless --delta), then exit.
     Sync {
         #[arg(long)]
         district: String,
         /// Compute and report the changes; write nothing to the store or the mirror.
         #[arg(long)]
         dry_run: bool,
+        /// Pull only what changed since the last successful run, as the daemon does between
+        /// full pulls (falls back to a full pull when one is due or no watermark exists).
+        #[arg(long)]
+        delta: bool,
         /// How to print the run report (logs go to stdout either way).
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
@@ -270,6 +274,7 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
         Command::Sync {
             district,
             dry_run,
+            delta,
             format,
         } => {
             if settings.district(&district).is_none() {
@@ -295,7 +300,15 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
                     }
                 }
             };
-            let report = sync::run_once(&dbs, &district, RunOptions { dry_run }).await;
+            let report = sync::run_once(
+                &dbs,
+                &district,
+                RunOptions {
+                    dry_run,
+                    allow_delta: delta,
+                },
+            )
+            .await;
             if let Some(lock) = lock {
                 lock.release().await;
             }

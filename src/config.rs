@@ -27,6 +27,7 @@ pub mod defaults {
     pub const LOG_LEVEL: &str = "info";
     pub const INTERVAL: Duration = Duration::from_secs(60 * 60);
     pub const FULL_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
+    pub const DELTA_OVERLAP: Duration = Duration::from_secs(60 * 60);
     pub const PAGE_SIZE: u32 = 1000;
     pub const DRY_RUN: bool = false;
     pub const ENABLED: bool = true;
@@ -325,6 +326,8 @@ pub struct DistrictConfig {
     pub auth: AuthConfig,
     pub interval: Duration,
     pub full_interval: Duration,
+    /// How far before the watermark a delta pull starts asking.
+    pub delta_overlap: Duration,
     pub page_size: u32,
     pub dry_run: bool,
     pub enabled: bool,
@@ -484,6 +487,7 @@ struct RawDistrict {
     scope: Option<String>,
     interval: Option<String>,
     full_interval: Option<String>,
+    delta_overlap: Option<String>,
     page_size: Option<i64>,
     dry_run: Option<bool>,
     enabled: Option<bool>,
@@ -782,6 +786,7 @@ impl Settings {
             let _ = writeln!(out, "  {secret_key}: {source}{resolved}");
             let _ = writeln!(out, "  interval: {}", h(d.interval));
             let _ = writeln!(out, "  full_interval: {}", h(d.full_interval));
+            let _ = writeln!(out, "  delta_overlap: {}", h(d.delta_overlap));
             let _ = writeln!(out, "  page_size: {}", d.page_size);
             let _ = writeln!(out, "  dry_run: {}", d.dry_run);
             let _ = writeln!(out, "  concurrency: {}", d.concurrency);
@@ -1300,6 +1305,12 @@ fn parse_district(
             ),
         ));
     }
+    let delta_overlap = duration(
+        &scope,
+        "delta_overlap",
+        raw.delta_overlap,
+        defaults::DELTA_OVERLAP,
+    )?;
     let raw_limits = RawLimits {
         max_delete_percent: raw.max_delete_percent,
         max_delete_count: raw.max_delete_count,
@@ -1314,6 +1325,7 @@ fn parse_district(
         auth,
         interval,
         full_interval,
+        delta_overlap,
         page_size: in_range(
             &scope,
             "page_size",

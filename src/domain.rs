@@ -131,6 +131,74 @@ pub struct User {
     pub enabled: Option<bool>,
     pub grades: Vec<String>,
     pub org_sourced_ids: Vec<String>,
+    /// Joined from the demographics collection before the user is stored.
+    pub demographics: Demo,
+}
+
+/// The stored gender values, in the order of [`Demo::gender`] codes 1..=4.
+pub const GENDERS: [&str; 4] = ["male", "female", "other", "unspecified"];
+
+/// The race flags kept, by stored name, sorted (bit `i` of [`Demo::races`] is `RACE_NAMES[i]`).
+pub const RACE_NAMES: [&str; 5] = [
+    "american_indian_or_alaska_native",
+    "asian",
+    "black_or_african_american",
+    "native_hawaiian_or_other_pacific_islander",
+    "white",
+];
+
+/// A user's imported demographics as stored on `roster.users`, in four bytes: a pull holds one
+/// per user in memory until the user record arrives. `present == false` means no (or a
+/// deleted) demographics record: gender, ethnicity and races are all stored NULL.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Demo {
+    pub present: bool,
+    /// 0 for NULL, else an index into [`GENDERS`] plus one.
+    pub gender: u8,
+    pub hispanic_or_latino: Option<bool>,
+    /// Bit set over [`RACE_NAMES`].
+    pub races: u8,
+}
+
+impl Demo {
+    pub fn of(d: &Demographics) -> Demo {
+        Demo {
+            present: true,
+            gender: d
+                .gender
+                .as_deref()
+                .and_then(|g| GENDERS.iter().position(|x| *x == g))
+                .map_or(0, |i| i as u8 + 1),
+            hispanic_or_latino: d.hispanic_or_latino,
+            races: races_bits(&d.races),
+        }
+    }
+
+    pub fn gender(&self) -> Option<&'static str> {
+        (self.gender as usize)
+            .checked_sub(1)
+            .and_then(|i| GENDERS.get(i).copied())
+    }
+
+    /// The stored `races` (sorted names of the true flags); `None` without a record.
+    pub fn races(&self) -> Option<Vec<String>> {
+        self.present.then(|| {
+            RACE_NAMES
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| self.races & (1 << i) != 0)
+                .map(|(_, name)| (*name).to_owned())
+                .collect()
+        })
+    }
+}
+
+/// The bit set of the named races (unknown names are ignored).
+pub fn races_bits<S: AsRef<str>>(names: &[S]) -> u8 {
+    names
+        .iter()
+        .filter_map(|n| RACE_NAMES.iter().position(|r| *r == n.as_ref()))
+        .fold(0, |bits, i| bits | (1 << i))
 }
 
 /// The only demographics the daemon keeps, keyed by the user's `sourcedId`.

@@ -392,6 +392,7 @@ mod tests {
             district: district.to_owned(),
             outcome,
             dry_run: false,
+            full_pull: true,
             started_at: Utc::now(),
             finished_at: Utc::now(),
             duration_ms: ms,

@@ -10,10 +10,11 @@
 //! the server spells them (the 1.1 vocabulary is camelCase: `schoolYear`, `gradingPeriod`). Reasons and warnings never quote a field's
 //! value: they name the field.
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, SubsecRound, Utc};
 
 use crate::domain::{
-    AcademicSession, Class, Course, Demographics, Enrollment, Org, Skipped, Status, User, Warning,
+    AcademicSession, Class, Course, Demo, Demographics, Enrollment, Org, RACE_NAMES, Skipped,
+    Status, User, Warning,
 };
 use crate::oneroster::wire;
 
@@ -54,15 +55,6 @@ pub const ENROLLMENT_ROLES: &[&str] = &[
     "principal",
     "siteadministrator",
     "systemadministrator",
-];
-
-/// The race flags kept, by stored name, in sorted order.
-const RACE_NAMES: [&str; 5] = [
-    "american_indian_or_alaska_native",
-    "asian",
-    "black_or_african_american",
-    "native_hawaiian_or_other_pacific_islander",
-    "white",
 ];
 
 /// Identity and common fields of one record, collecting warnings as the fields are read.
@@ -126,7 +118,9 @@ impl Record {
                 "field `dateLastModified` is not an ISO-8601 timestamp; stored as NULL".into(),
             );
         }
-        parsed
+        // PostgreSQL keeps microseconds: hold exactly what the store will, so a row read back
+        // from the store hashes like the record it came from.
+        parsed.map(|t| t.round_subsecs(6))
     }
 
     fn date(&mut self, field: &str, value: Option<String>) -> Option<NaiveDate> {
@@ -267,6 +261,7 @@ pub fn user(w: wire::User) -> Normalized<User> {
         enabled: w.enabled_user,
         grades: w.grades,
         org_sourced_ids: w.orgs,
+        demographics: Demo::default(),
         sourced_id: r.sourced_id.clone(),
         status: r.status,
     };

@@ -611,16 +611,16 @@ async fn cycle(
         return Ok(d.interval);
     };
 
-    // The full/delta cadence hook: a full pull (which alone detects purged records) is due once
-    // full_interval has passed. Delta pulls do not exist yet, so every pull is full and
-    // sync.runs.full_pull stays true.
-    let full_due = claim
-        .last_full_pull_at
-        .is_none_or(|t| (Utc::now() - t).to_std().unwrap_or_default() >= d.full_interval);
-    debug!(district = %d.id, full_pull = true, full_pull_due = full_due, "district due: starting a run");
+    // Between full pulls the daemon pulls deltas; the run itself decides when a full pull is
+    // due (full_interval passed, no watermark yet, a held change set, a pending reconcile).
+    debug!(district = %d.id, "district due: starting a run");
 
     ctx.set_local(&d.id, |l| l.running = true);
-    let report = sync::run_once(&ctx.dbs, d, RunOptions::default()).await;
+    let options = RunOptions {
+        dry_run: false,
+        allow_delta: true,
+    };
+    let report = sync::run_once(&ctx.dbs, d, options).await;
     ctx.set_local(&d.id, |l| l.running = false);
     lock.release().await;
     ctx.monitor.record_run(&report);
@@ -666,12 +666,11 @@ async fn cycle(
 
 struct Claim {
     failures: i64,
-    last_full_pull_at: Option<DateTime<Utc>>,
 }
 
 /// The atomic claim: succeeds for exactly one replica when the district is due.
 async fn claim(ctx: &Ctx, d: &DistrictConfig) -> Result<Option<Claim>, SchedulerError> {
-    let row: Option<(i32, Option<DateTime<Utc>>)> = sqlx::query_as(
+    let row: Option<(i32,)> = sqlx::query_as(
         "UPDATE sync.districts
             SET next_run_at = now() + make_interval(secs => $3),
                 leased_by = $2,
@@ -679,7 +678,7 @@ async fn claim(ctx: &Ctx, d: &DistrictConfig) -> Result<Option<Claim>, Scheduler
           WHERE district_id = $1
             AND (next_run_at IS NULL OR next_run_at <= now())
             AND (lease_until IS NULL OR lease_until < now())
-          RETURNING consecutive_failures, last_full_pull_at",
+          RETURNING consecutive_failures",
     )
     .bind(&d.id)
     .bind(&ctx.replica)
@@ -687,9 +686,8 @@ async fn claim(ctx: &Ctx, d: &DistrictConfig) -> Result<Option<Claim>, Scheduler
     .fetch_optional(&ctx.dbs.state)
     .await
     .map_err(db("claiming the district", &d.id))?;
-    Ok(row.map(|(failures, last_full_pull_at)| Claim {
+    Ok(row.map(|(failures,)| Claim {
         failures: i64::from(failures),
-        last_full_pull_at,
     }))
 }
 

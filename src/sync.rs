@@ -10,16 +10,19 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
 use serde::Serialize;
-use sqlx::{Connection, PgConnection};
+use sqlx::{Connection, Executor, PgConnection};
 use tracing::{Instrument, error, info, info_span, warn};
 use uuid::Uuid;
 
 use crate::config::DistrictConfig;
 use crate::db::{Databases, DbError};
+use crate::diff::Index;
+use crate::domain::Demo;
 use crate::domain::{Entity, Skipped, Warning};
-use crate::mirror::{self, ChangeCounts, DiffMode, MirrorError, Samples, StageRow};
+use crate::mirror::{self, DiffMode, MirrorError, Samples};
 use crate::normalize;
 use crate::oneroster::{self, Endpoint, FetchError, OneRosterClient, Page, PullQuery, WireRecord};
+use crate::pipeline::Pipeline;
 use crate::safety::{self, Breach};
 use crate::store::{self, StoreError};
 
@@ -30,11 +33,14 @@ const SKIPPED_LOG_LINES: usize = 100;
 /// Skipped records kept in the run history row.
 const SKIPPED_HISTORY: usize = 5_000;
 /// Sample ids per entity and operation in change reports and held change sets.
-const SAMPLE_IDS: i64 = 10;
+const SAMPLE_IDS: usize = 10;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RunOptions {
     pub dry_run: bool,
+    /// A delta pull may be used (when one is possible and a full pull is not due); otherwise
+    /// the run pulls everything.
+    pub allow_delta: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -77,6 +83,9 @@ pub struct RunReport {
     pub district: String,
     pub outcome: Outcome,
     pub dry_run: bool,
+    /// `true` for a complete snapshot, `false` for a delta pull (changes since the watermark;
+    /// nothing is deleted by absence).
+    pub full_pull: bool,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
     pub duration_ms: u64,
@@ -90,8 +99,9 @@ pub struct RunReport {
     /// applied because it was approved).
     pub hold: Option<Hold>,
     /// Time per phase in milliseconds: `pull` (wall time of the whole pull, which includes
-    /// `normalize` and `stage`, the time spent normalizing and copying into staging), `check`,
-    /// `diff`, `apply` (store and mirror).
+    /// `normalize`, the time spent normalizing, checking, hashing and classifying records,
+    /// and `stage`, the time spent copying changed rows into the change-set tables), `diff`
+    /// (deletions by absence and the cascade), `apply` (store and mirror).
     pub phases_ms: BTreeMap<&'static str, u64>,
     /// OneRoster requests made (retries included) and the time spent on them.
     pub fetch: FetchStats,
@@ -178,6 +188,9 @@ pub async fn run_once(
             hold: None,
             phases: BTreeMap::new(),
             fetch: FetchStats::default(),
+            started_at,
+            full_pull: true,
+            watermark: None,
         };
         for entity in Entity::ALL {
             run.counts.insert(entity, EntityCounts::default());
@@ -198,7 +211,7 @@ pub async fn run_once(
         }
         let result = match tokio::time::timeout(
             district.run_timeout,
-            cycle(dbs, district, run_id, dry_run, &mut run),
+            cycle(dbs, district, run_id, options, dry_run, &mut run),
         )
         .await
         {
@@ -224,6 +237,11 @@ struct Run {
     hold: Option<Hold>,
     phases: BTreeMap<&'static str, Duration>,
     fetch: FetchStats,
+    started_at: DateTime<Utc>,
+    /// Whether the snapshot is complete (deletions by absence) or a delta.
+    full_pull: bool,
+    /// The newest `dateLastModified` pulled.
+    watermark: Option<DateTime<Utc>>,
 }
 
 impl Run {
@@ -254,12 +272,23 @@ async fn cycle(
     dbs: &Databases,
     district: &DistrictConfig,
     run_id: Uuid,
+    options: RunOptions,
     dry_run: bool,
     run: &mut Run,
 ) -> Result<Outcome, SyncError> {
     let client = OneRosterClient::new(district)?;
     let mut session = dbs.state_session().await?;
-    let result = cycle_in_session(dbs, district, run_id, dry_run, run, &client, &mut session).await;
+    let result = cycle_in_session(
+        dbs,
+        district,
+        run_id,
+        options,
+        dry_run,
+        run,
+        &client,
+        &mut session,
+    )
+    .await;
     let stats = client.stats();
     run.fetch = FetchStats {
         requests: stats.requests,
@@ -276,41 +305,62 @@ async fn cycle_in_session(
     dbs: &Databases,
     district: &DistrictConfig,
     run_id: Uuid,
+    options: RunOptions,
     dry_run: bool,
     run: &mut Run,
     client: &OneRosterClient,
     session: &mut PgConnection,
 ) -> Result<Outcome, SyncError> {
-    let phase = Instant::now();
-    pull_snapshot(district, client, session, run).await?;
-    run.timed("pull", phase);
-
-    let phase = Instant::now();
-    for (entity, skipped) in mirror::check_snapshot(session).await? {
-        run.skip(entity, skipped);
-    }
-    run.timed("check", phase);
-
-    // Fail closed: an empty collection is never read as "everyone left".
-    let active = mirror::active_counts(session, &district.id).await?;
-    for entity in Entity::ALL {
-        let fetched = run.counts.get(&entity).map(|c| c.fetched).unwrap_or(0);
-        let active = active.get(&entity).copied().unwrap_or(0);
-        if fetched == 0 && active > 0 {
-            return Err(SyncError::EmptyCollection { entity, active });
-        }
-    }
-
-    let pending = pending_run(dbs, &district.id).await?;
-    let mode = if dbs.store_is_separate && pending.is_some() {
-        warn!(pending_run_id = ?pending, "a previous run did not finish applying to the store: reconciling against it");
+    // Change sets are session-local tables: give them memory before the first one exists.
+    session
+        .execute("SET temp_buffers = '256MB'")
+        .await
+        .map_err(db("configuring the session"))?;
+    let state = district_state(dbs, &district.id).await?;
+    let mode = if dbs.store_is_separate && state.pending_run_id.is_some() {
+        warn!(pending_run_id = ?state.pending_run_id, "a previous run did not finish applying to the store: reconciling against it");
         DiffMode::Reconcile
     } else {
         DiffMode::Mirror
     };
+    let mut since = delta_since(options, district, &state, mode);
     let phase = Instant::now();
-    let changes = mirror::diff(session, &district.id, mode).await?;
+    let mut pipeline = loop {
+        match since {
+            Some(t) => {
+                info!(since = %t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "delta pull: records modified since the watermark")
+            }
+            None => info!("full pull"),
+        }
+        let pipeline = pull_snapshot(dbs, district, client, session, run, since, mode).await?;
+        match (&pipeline.needs_full, since) {
+            (Some(reason), Some(_)) => {
+                warn!(reason = %reason, "delta pull abandoned ({reason}): pulling everything");
+                since = None;
+            }
+            _ => break pipeline,
+        }
+    };
+    run.full_pull = since.is_none();
+    run.timed("pull", phase);
+
+    // Fail closed: an empty collection is never read as "everyone left". A delta pull is
+    // empty whenever nothing changed, and deletes nothing by absence.
+    if run.full_pull {
+        for entity in Entity::ALL {
+            let fetched = run.counts.get(&entity).map(|c| c.fetched).unwrap_or(0);
+            let active = pipeline.index.mirror_active(entity);
+            if fetched == 0 && active > 0 {
+                return Err(SyncError::EmptyCollection { entity, active });
+            }
+        }
+    }
+
+    let phase = Instant::now();
+    pipeline.finish(session, &district.id).await?;
+    mirror::seal_run_tables(session).await?;
     run.timed("diff", phase);
+    let changes = pipeline.tally.counts.clone();
     for (entity, c) in &changes {
         if let Some(counts) = run.counts.get_mut(entity) {
             counts.created = c.created;
@@ -319,8 +369,12 @@ async fn cycle_in_session(
             counts.deleted = c.deleted;
         }
     }
-    let total: i64 = changes.values().map(ChangeCounts::total).sum();
-    run.samples = mirror::samples(session, SAMPLE_IDS).await?;
+    let active: BTreeMap<Entity, i64> = Entity::ALL
+        .into_iter()
+        .map(|e| (e, pipeline.index.mirror_active(e)))
+        .collect();
+    run.samples = pipeline.tally.samples();
+    run.watermark = pipeline.newest;
 
     // The safety gate: over a limit, nothing is applied unless this exact change set was
     // approved.
@@ -348,8 +402,8 @@ async fn cycle_in_session(
     if dry_run {
         return Ok(Outcome::DryRun);
     }
-    if total == 0 && mode == DiffMode::Mirror {
-        mark_success(&dbs.state, &district.id, run.revision.as_deref()).await?;
+    if pipeline.written == 0 {
+        mark_success(dbs, district, run).await?;
         return Ok(Outcome::NothingToDo);
     }
 
@@ -368,7 +422,7 @@ async fn cycle_in_session(
             .map_err(db("committing the apply transaction"))?;
     }
     run.timed("apply", phase);
-    mark_success(&dbs.state, &district.id, run.revision.as_deref()).await?;
+    mark_success(dbs, district, run).await?;
     if let Some(hold) = &run.hold {
         safety::release(&dbs.state, &district.id, &hold.fingerprint)
             .await
@@ -506,16 +560,29 @@ async fn apply_separate(
     Ok(())
 }
 
-/// Pulls every collection into the staging tables. Starts over (bounded) when the upstream
-/// revision (`x-perm-rev`) moves during the pull, so a snapshot never mixes two revisions.
+/// Pulls every collection through the pipeline into the change-set tables: everything, or
+/// (`since`) what changed after that time. Starts over (bounded) when the upstream revision
+/// (`x-perm-rev`) moves during the pull, so a snapshot never mixes two revisions.
+#[allow(clippy::too_many_arguments)]
 async fn pull_snapshot(
+    dbs: &Databases,
     district: &DistrictConfig,
     client: &OneRosterClient,
     session: &mut PgConnection,
     run: &mut Run,
-) -> Result<(), SyncError> {
+    since: Option<DateTime<Utc>>,
+    mode: DiffMode,
+) -> Result<Pipeline, SyncError> {
     for attempt in 1..=MAX_PULL_ATTEMPTS {
-        mirror::create_stage(session).await?;
+        mirror::create_run_tables(session).await?;
+        let index = Index::load(
+            session,
+            &district.id,
+            since.is_some(),
+            mode == DiffMode::Reconcile,
+        )
+        .await?;
+        let mut pipeline = Pipeline::new(index, SAMPLE_IDS);
         for c in run.counts.values_mut() {
             *c = EntityCounts::default();
         }
@@ -524,11 +591,38 @@ async fn pull_snapshot(
         let mut pull = Pull {
             revision: None,
             moved: false,
+            filter: since.map(|t| {
+                format!(
+                    "dateLastModified>'{}'",
+                    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                )
+            }),
         };
-        pull_all(district, client, session, run, &mut pull).await?;
+        let pulled = pull_all(
+            dbs,
+            district,
+            client,
+            session,
+            run,
+            &mut pull,
+            &mut pipeline,
+        )
+        .await;
+        match pulled {
+            // A server that does not take the delta filter refuses the first page.
+            Err(SyncError::Fetch(FetchError::Client { status: 400, .. })) if since.is_some() => {
+                pipeline.needs_full =
+                    Some("the server refused the dateLastModified filter (HTTP 400)".into());
+                return Ok(pipeline);
+            }
+            other => other?,
+        }
+        if pipeline.needs_full.is_some() {
+            return Ok(pipeline);
+        }
         if !pull.moved {
             run.revision = pull.revision;
-            return Ok(());
+            return Ok(pipeline);
         }
         warn!(
             attempt,
@@ -543,6 +637,8 @@ async fn pull_snapshot(
 struct Pull {
     revision: Option<String>,
     moved: bool,
+    /// The delta filter, on every collection of a delta pull.
+    filter: Option<String>,
 }
 
 impl Pull {
@@ -556,109 +652,189 @@ impl Pull {
         }
         !self.moved
     }
+
+    fn query(&self) -> PullQuery {
+        PullQuery {
+            filter: self.filter.clone(),
+            ..PullQuery::default()
+        }
+    }
 }
 
+/// Every collection, referenced types first: a reference is checked against a complete set,
+/// and a user's demographics are at hand when the user arrives.
 async fn pull_all(
+    dbs: &Databases,
     district: &DistrictConfig,
     client: &OneRosterClient,
     session: &mut PgConnection,
     run: &mut Run,
     pull: &mut Pull,
+    pipeline: &mut Pipeline,
 ) -> Result<(), SyncError> {
     macro_rules! collection {
-        ($endpoint:expr, $entity:expr, $normalize:path) => {
-            if !pull_collection(
+        ($endpoint:expr, $entity:expr, $normalize:path, $accept:ident) => {
+            let query = pull.query();
+            let done = pull_collection(
                 client,
                 session,
                 run,
                 pull,
+                pipeline,
                 $endpoint,
                 $entity,
-                PullQuery::default(),
-                |w| $normalize(w).map(|(row, warnings)| (Some(row), warnings)),
+                query,
+                |w, pipeline, run| match $normalize(w) {
+                    Ok((row, warnings)) => {
+                        for w in warnings {
+                            run.warn(w);
+                        }
+                        pipeline.$accept(row);
+                    }
+                    Err(bad) => pipeline.skip(bad),
+                },
             )
-            .await?
-            {
+            .await?;
+            if !done || pipeline.needs_full.is_some() {
                 return Ok(());
             }
         };
     }
-    collection!(Endpoint::Orgs, Entity::Orgs, normalize::org);
+    collection!(Endpoint::Orgs, Entity::Orgs, normalize::org, accept);
     collection!(
         Endpoint::AcademicSessions,
         Entity::AcademicSessions,
-        normalize::academic_session
+        normalize::academic_session,
+        accept
     );
-    collection!(Endpoint::Courses, Entity::Courses, normalize::course);
-    collection!(Endpoint::Classes, Entity::Classes, normalize::class);
-    collection!(Endpoint::Users, Entity::Users, normalize::user);
+    collection!(
+        Endpoint::Courses,
+        Entity::Courses,
+        normalize::course,
+        accept
+    );
+    collection!(Endpoint::Classes, Entity::Classes, normalize::class, accept);
     if district.demographics {
-        let query = PullQuery {
+        let selected = PullQuery {
             fields: Some(oneroster::DEMOGRAPHICS_FIELDS.to_vec()),
-            ..PullQuery::default()
+            ..pull.query()
         };
-        let selected = pull_collection(
-            client,
-            session,
-            run,
-            pull,
-            Endpoint::Demographics,
-            Entity::Users,
-            query,
-            normalize::demographics,
-        )
-        .await;
-        let completed = match selected {
+        let done = match pull_demographics(client, session, run, pull, pipeline, selected).await {
             // Every page carries the same `fields`, so a server that refuses the selection
-            // refuses the first page, before anything was staged. Without the selection the
+            // refuses the first page, before anything was kept. Without the selection the
             // server sends whole records; the wire type still keeps only gender and ethnicity.
-            Err(SyncError::Fetch(FetchError::Client { status: 400, .. })) => {
+            // (A delta pull whose filter is refused falls back to a full pull instead.)
+            Err(SyncError::Fetch(FetchError::Client { status: 400, .. }))
+                if pull.filter.is_none() =>
+            {
                 warn!(
                     "the server refused the demographics field selection (HTTP 400): \
                      pulling demographics without it (only gender and ethnicity are kept)"
                 );
-                pull_collection(
-                    client,
-                    session,
-                    run,
-                    pull,
-                    Endpoint::Demographics,
-                    Entity::Users,
-                    PullQuery::default(),
-                    normalize::demographics,
-                )
-                .await?
+                let query = pull.query();
+                pull_demographics(client, session, run, pull, pipeline, query).await?
             }
             other => other?,
         };
-        if !completed {
+        if !done {
             return Ok(());
         }
+    }
+    collection!(Endpoint::Users, Entity::Users, normalize::user, accept_user);
+    pipeline.complete_users(&dbs.store, &district.id).await?;
+    flush(session, run, pipeline, Entity::Users).await?;
+    if pipeline.needs_full.is_some() {
+        return Ok(());
     }
     collection!(
         Endpoint::Enrollments,
         Entity::Enrollments,
-        normalize::enrollment
+        normalize::enrollment,
+        accept
     );
     Ok(())
 }
 
-/// Streams one collection's pages through normalization into staging. Returns false when the
-/// revision moved (the caller starts over).
-#[allow(clippy::too_many_arguments)]
-async fn pull_collection<W, D>(
+async fn pull_demographics(
     client: &OneRosterClient,
     session: &mut PgConnection,
     run: &mut Run,
     pull: &mut Pull,
+    pipeline: &mut Pipeline,
+    query: PullQuery,
+) -> Result<bool, SyncError> {
+    pull_collection(
+        client,
+        session,
+        run,
+        pull,
+        pipeline,
+        Endpoint::Demographics,
+        Entity::Users,
+        query,
+        |w: oneroster::wire::Demographics, pipeline, run| {
+            let id = w.sourced_id.clone();
+            match normalize::demographics(w) {
+                Ok((record, warnings)) => {
+                    for w in warnings {
+                        run.warn(w);
+                    }
+                    match (record, id) {
+                        (Some(d), _) => {
+                            let demo = Demo::of(&d);
+                            pipeline.add_demographics(d.user_sourced_id, demo);
+                        }
+                        // Deleted: the user's demographics are stored NULL.
+                        (None, Some(id)) => pipeline.add_demographics(id, Demo::default()),
+                        (None, None) => {}
+                    }
+                }
+                // A bad demographics record only costs that user's demographics.
+                Err(skipped) => run.warn(Warning {
+                    entity: "demographics",
+                    sourced_id: skipped.sourced_id,
+                    message: skipped.reason,
+                }),
+            }
+        },
+    )
+    .await
+}
+
+/// Copies what the pipeline buffered into the change-set tables.
+async fn flush(
+    session: &mut PgConnection,
+    run: &mut Run,
+    pipeline: &mut Pipeline,
+    entity: Entity,
+) -> Result<(), SyncError> {
+    let phase = Instant::now();
+    mirror::copy_lines(session, entity, pipeline.take_lines()).await?;
+    let skipped = pipeline.take_skipped();
+    mirror::copy_skipped(session, &skipped).await?;
+    run.timed("stage", phase);
+    for bad in skipped {
+        run.skip(entity, bad);
+    }
+    Ok(())
+}
+
+/// Streams one collection's pages through `each` (normalize and hand to the pipeline) into
+/// the change-set tables. Returns false when the revision moved (the caller starts over).
+#[allow(clippy::too_many_arguments)]
+async fn pull_collection<W>(
+    client: &OneRosterClient,
+    session: &mut PgConnection,
+    run: &mut Run,
+    pull: &mut Pull,
+    pipeline: &mut Pipeline,
     endpoint: Endpoint,
     entity: Entity,
     query: PullQuery,
-    normalize: fn(W) -> normalize::Normalized<Option<D>>,
+    mut each: impl FnMut(W, &mut Pipeline, &mut Run),
 ) -> Result<bool, SyncError>
 where
     W: WireRecord,
-    D: StageRow,
 {
     let counts_fetched = endpoint != Endpoint::Demographics;
     // Fetching and staging run side by side: the producer keeps the client's requests going
@@ -682,40 +858,15 @@ where
             if counts_fetched && let Some(c) = run.counts.get_mut(&entity) {
                 c.fetched += (page.records.len() + page.unreadable.len()) as i64;
             }
-            // Skipped records are staged too: they are "in the snapshot" for references and
-            // are not deletions.
-            let mut skipped = page.unreadable;
-            let mut rows = Vec::with_capacity(page.records.len());
             let phase = Instant::now();
+            for bad in page.unreadable {
+                pipeline.skip(bad);
+            }
             for record in page.records {
-                match normalize(record) {
-                    Ok((row, warnings)) => {
-                        for w in warnings {
-                            run.warn(w);
-                        }
-                        if let Some(row) = row {
-                            rows.push(row);
-                        }
-                    }
-                    Err(skipped) if endpoint == Endpoint::Demographics => {
-                        // A bad demographics record only costs that user's demographics.
-                        run.warn(Warning {
-                            entity: "demographics",
-                            sourced_id: skipped.sourced_id,
-                            message: skipped.reason,
-                        });
-                    }
-                    Err(bad) => skipped.push(bad),
-                }
+                each(record, pipeline, run);
             }
             run.timed("normalize", phase);
-            let phase = Instant::now();
-            mirror::copy_rows(session, &rows).await?;
-            mirror::copy_skipped(session, &skipped).await?;
-            run.timed("stage", phase);
-            for bad in skipped {
-                run.skip(entity, bad);
-            }
+            flush(session, run, pipeline, entity).await?;
         }
         Ok::<bool, SyncError>(true)
     };
@@ -725,27 +876,84 @@ where
     staged
 }
 
-async fn pending_run(dbs: &Databases, district: &str) -> Result<Option<Uuid>, SyncError> {
-    sqlx::query_scalar("SELECT pending_run_id FROM sync.districts WHERE district_id = $1")
-        .bind(district)
-        .fetch_optional(&dbs.state)
-        .await
-        .map(Option::flatten)
-        .map_err(db("reading the district state"))
+/// What the run needs to know of its district before it starts.
+#[derive(Default, sqlx::FromRow)]
+struct DistrictState {
+    pending_run_id: Option<Uuid>,
+    last_full_pull_at: Option<DateTime<Utc>>,
+    delta_watermark: Option<DateTime<Utc>>,
+    /// A change set is held: runs pull everything until it is applied or superseded, so the
+    /// approved set can come back exactly as it was held.
+    holding: bool,
 }
 
-async fn mark_success(
-    state: &sqlx::PgPool,
-    district: &str,
-    revision: Option<&str>,
-) -> Result<(), SyncError> {
-    sqlx::query(
-        "UPDATE sync.districts SET last_success_at = now(), last_full_pull_at = now(),
-         last_revision = $2, consecutive_failures = 0 WHERE district_id = $1",
+async fn district_state(dbs: &Databases, district: &str) -> Result<DistrictState, SyncError> {
+    let state: Option<DistrictState> = sqlx::query_as(
+        "SELECT pending_run_id, last_full_pull_at, delta_watermark,
+                EXISTS (SELECT 1 FROM sync.held_change_sets h
+                        WHERE h.district_id = d.district_id AND h.released_at IS NULL) AS holding
+         FROM sync.districts d WHERE district_id = $1",
     )
     .bind(district)
-    .bind(revision)
-    .execute(state)
+    .fetch_optional(&dbs.state)
+    .await
+    .map_err(db("reading the district state"))?;
+    Ok(state.unwrap_or_default())
+}
+
+/// When a delta pull may be used, the time it asks for changes after: the watermark minus
+/// the district's `delta_overlap`. Otherwise (None) the run pulls everything, and says why.
+fn delta_since(
+    options: RunOptions,
+    district: &DistrictConfig,
+    state: &DistrictState,
+    mode: DiffMode,
+) -> Option<DateTime<Utc>> {
+    if !options.allow_delta {
+        return None;
+    }
+    let reason = if mode == DiffMode::Reconcile {
+        "the store may be ahead of the mirror"
+    } else if state.holding {
+        "a change set is held for approval"
+    } else if state.last_full_pull_at.is_none() || state.delta_watermark.is_none() {
+        "no complete pull yet"
+    } else if state
+        .last_full_pull_at
+        .is_some_and(|t| (Utc::now() - t).to_std().unwrap_or_default() >= district.full_interval)
+    {
+        "full_interval has passed since the last full pull"
+    } else {
+        let overlap = chrono::Duration::from_std(district.delta_overlap).unwrap_or_default();
+        return state.delta_watermark.map(|w| w - overlap);
+    };
+    info!(reason, "a full pull is due");
+    None
+}
+
+/// Records a successful run: success, revision, and for the next delta pull the watermark (the
+/// newest `dateLastModified` applied, never later than this run's start, so a clock ahead of
+/// ours cannot make deltas skip changes).
+async fn mark_success(
+    dbs: &Databases,
+    district: &DistrictConfig,
+    run: &Run,
+) -> Result<(), SyncError> {
+    let watermark = run.watermark.map(|t| t.min(run.started_at));
+    sqlx::query(
+        "UPDATE sync.districts SET last_success_at = now(),
+             last_full_pull_at = CASE WHEN $3 THEN $5 ELSE last_full_pull_at END,
+             delta_watermark = CASE WHEN $3 THEN coalesce($4, delta_watermark)
+                                    ELSE greatest(delta_watermark, $4) END,
+             last_revision = $2, consecutive_failures = 0
+         WHERE district_id = $1",
+    )
+    .bind(&district.id)
+    .bind(run.revision.as_deref())
+    .bind(run.full_pull)
+    .bind(watermark)
+    .bind(run.started_at)
+    .execute(&dbs.state)
     .await
     .map_err(db("recording the district's success"))?;
     Ok(())
@@ -800,6 +1008,7 @@ async fn finish(
         district: district.id.clone(),
         outcome,
         dry_run,
+        full_pull: run.full_pull,
         started_at,
         finished_at: Utc::now(),
         duration_ms: clock.elapsed().as_millis() as u64,
@@ -835,7 +1044,8 @@ async fn record_finish(state: &sqlx::PgPool, report: &RunReport) -> Result<(), S
     )
     .unwrap_or_default();
     sqlx::query(
-        "UPDATE sync.runs SET finished_at = $2, outcome = $3, revision = $4, counts = $5, skipped = $6, error = $7
+        "UPDATE sync.runs SET finished_at = $2, outcome = $3, revision = $4, counts = $5, skipped = $6, error = $7,
+             full_pull = $8
          WHERE run_id = $1",
     )
     .bind(report.run_id)
@@ -845,6 +1055,7 @@ async fn record_finish(state: &sqlx::PgPool, report: &RunReport) -> Result<(), S
     .bind(counts)
     .bind(skipped)
     .bind(&report.error)
+    .bind(report.full_pull)
     .execute(state)
     .await
     .map_err(db("recording the run outcome"))?;
@@ -873,6 +1084,7 @@ fn log_summary(r: &RunReport) {
     info!(
         outcome = r.outcome.as_str(),
         duration_ms = r.duration_ms,
+        pull = if r.full_pull { "full" } else { "delta" },
         orgs_fetched = o.fetched,
         orgs_created = o.created,
         orgs_updated = o.updated + o.reactivated,

@@ -39,6 +39,7 @@ fn district(sim: &SimHandle, auth: AuthConfig) -> DistrictConfig {
         auth,
         interval: Duration::from_secs(3600),
         full_interval: Duration::from_secs(86_400),
+        delta_overlap: Duration::from_secs(3600),
         page_size: PAGE,
         dry_run: false,
         enabled: true,

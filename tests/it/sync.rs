@@ -463,7 +463,12 @@ async fn a_change_only_in_non_imported_demographics_is_no_change() {
 async fn dry_run_reports_changes_and_writes_only_history() {
     let h = Harness::new(Counts::tiny()).await;
     let before = h.db.dump_schemas(&["roster"]);
-    let report = h.sync_with(RunOptions { dry_run: true }).await;
+    let report = h
+        .sync_with(RunOptions {
+            dry_run: true,
+            ..RunOptions::default()
+        })
+        .await;
     assert_eq!(report.outcome, Outcome::DryRun);
     assert!(report.counts[&Entity::Users].created > 0);
     assert_eq!(h.db.dump_schemas(&["roster"]), before);

@@ -1,0 +1,501 @@
+//! The diff, in memory, as the pull streams by.
+//!
+//! A run loads an index of the district's mirror: per record one entry, keyed by a 128-bit hash
+//! of its `sourcedId`, holding the 64-bit hash of the row last stored and two status bits
+//! (32 bytes a record). Every pulled record is checked (duplicates, references) and turned into
+//! its stored form, hashed, and classified against the index on arrival: a record whose stored
+//! form did not change costs a hash lookup and writes nothing; only created, updated,
+//! reactivated and deleted rows reach the database (`apply_*`). What the index never saw in a
+//! complete pull is deleted by absence.
+//!
+//! The index also answers, for records that refer to others, whether the referenced record is
+//! in the snapshot and whether it will be active after this run (the enrollment cascade).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use foldhash::fast::FixedState;
+use futures_util::TryStreamExt;
+use sqlx::PgConnection;
+use xxhash_rust::xxh3::{xxh3_64, xxh3_128};
+
+use crate::domain::Entity;
+use crate::mirror::{ChangeCounts, MirrorError};
+
+/// A record's identity in the index: a 128-bit hash of its `sourcedId` (collisions among the
+/// ids of one district are out of reach: about 2^-64 for ten million records).
+pub type Key = u128;
+
+pub fn key(sourced_id: &str) -> Key {
+    xxh3_128(sourced_id.as_bytes())
+}
+
+/// The hash of a row's stored form (its COPY line), as kept in `sync.mirror_*.hash`.
+pub fn row_hash(line: &[u8]) -> i64 {
+    xxh3_64(line) as i64
+}
+
+const IN_MIRROR: u8 = 1;
+const MIRROR_ACTIVE: u8 = 2;
+/// The mirror has a hash for the row (NULL after a deletion by absence: content unknown).
+const MIRROR_HASHED: u8 = 4;
+/// A usable record with this id came in this pull.
+const SEEN: u8 = 8;
+/// A record with this id came in this pull but was skipped as invalid.
+const SKIPPED: u8 = 16;
+/// The record as stored after this run is active (meaningful with `SEEN`).
+const ACTIVE: u8 = 32;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Entry {
+    hash: i64,
+    flags: u8,
+}
+
+impl Entry {
+    fn has(self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+}
+
+/// What to do with one pulled record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Create,
+    Update,
+    Reactivate,
+    Delete,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Create => "create",
+            Op::Update => "update",
+            Op::Reactivate => "reactivate",
+            Op::Delete => "delete",
+        }
+    }
+}
+
+/// A record to write: its operation, and whether it counts as a change (in reconcile mode
+/// rows equal to the mirror are written again but are no change).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Write {
+    pub op: Op,
+    pub counted: bool,
+}
+
+#[derive(Default)]
+struct Table {
+    entries: HashMap<Key, Entry, FixedState>,
+    mirror_active: i64,
+}
+
+/// The mirror of one district as the pull sees it.
+pub struct Index {
+    tables: BTreeMap<Entity, Table>,
+    /// A delta pull: records not in the pull are unchanged, not absent.
+    delta: bool,
+    /// Write every pulled row, whatever the mirror says (the mirror may be behind the store).
+    reconcile: bool,
+}
+
+impl Index {
+    /// Loads the district's mirror.
+    pub async fn load(
+        conn: &mut PgConnection,
+        district: &str,
+        delta: bool,
+        reconcile: bool,
+    ) -> Result<Index, MirrorError> {
+        let mut tables = BTreeMap::new();
+        for entity in Entity::ALL {
+            let mut table = Table::default();
+            let sql = format!(
+                "COPY (SELECT sourced_id, status = 'active', hash FROM sync.mirror_{} WHERE district_id = {}) TO STDOUT",
+                entity.as_str(),
+                quote_literal(district)
+            );
+            copy_out_lines(conn, sql, |line| table.add_mirror_line(line)).await?;
+            tables.insert(entity, table);
+        }
+        Ok(Index {
+            tables,
+            delta,
+            reconcile,
+        })
+    }
+
+    /// An empty index (a district never synced), for tests.
+    pub fn empty(delta: bool, reconcile: bool) -> Index {
+        Index {
+            tables: Entity::ALL.map(|e| (e, Table::default())).into(),
+            delta,
+            reconcile,
+        }
+    }
+
+    pub fn is_delta(&self) -> bool {
+        self.delta
+    }
+
+    fn table(&self, entity: Entity) -> &Table {
+        &self.tables[&entity]
+    }
+
+    fn table_mut(&mut self, entity: Entity) -> &mut Table {
+        self.tables.entry(entity).or_default()
+    }
+
+    fn get(&self, entity: Entity, key: Key) -> Entry {
+        self.table(entity)
+            .entries
+            .get(&key)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Rows of the type the store holds as active before this run.
+    pub fn mirror_active(&self, entity: Entity) -> i64 {
+        self.table(entity).mirror_active
+    }
+
+    /// Whether a usable record with this id already came in this pull (the first copy wins).
+    pub fn is_duplicate(&self, entity: Entity, key: Key) -> bool {
+        self.get(entity, key).has(SEEN)
+    }
+
+    /// Whether a reference to `sourced_id` points into the snapshot: a record with that id came
+    /// in this pull (even one skipped as invalid: it keeps its stored row), or, in a delta
+    /// pull, the store has it.
+    pub fn is_known(&self, entity: Entity, sourced_id: &str) -> bool {
+        let e = self.get(entity, key(sourced_id));
+        e.has(SEEN | SKIPPED) || (self.delta && e.has(IN_MIRROR))
+    }
+
+    /// Whether the record will be active in the store after this run: as pulled; as stored
+    /// when it was skipped as invalid, or absent from a delta pull.
+    pub fn will_be_active(&self, entity: Entity, sourced_id: &str) -> bool {
+        let e = self.get(entity, key(sourced_id));
+        if e.has(SEEN) {
+            e.has(ACTIVE)
+        } else if e.has(SKIPPED) || self.delta {
+            e.has(MIRROR_ACTIVE)
+        } else {
+            false
+        }
+    }
+
+    pub fn mark_skipped(&mut self, entity: Entity, key: Key) {
+        self.table_mut(entity).entries.entry(key).or_default().flags |= SKIPPED;
+    }
+
+    /// Records a usable pulled record in its stored form and says what to write, if anything.
+    pub fn observe(&mut self, entity: Entity, key: Key, active: bool, hash: i64) -> Option<Write> {
+        let reconcile = self.reconcile;
+        let entry = self.table_mut(entity).entries.entry(key).or_default();
+        let before = *entry;
+        entry.flags |= SEEN | if active { ACTIVE } else { 0 };
+        entry.hash = hash;
+        if !before.has(IN_MIRROR) {
+            return Some(Write {
+                op: Op::Create,
+                counted: true,
+            });
+        }
+        let same = before.has(MIRROR_HASHED) && before.hash == hash;
+        let op = match (before.has(MIRROR_ACTIVE), active) {
+            (true, false) => Op::Delete,
+            (false, true) => Op::Reactivate,
+            _ => Op::Update,
+        };
+        // An active row without a hash was stored before hashes were kept (see the migration):
+        // rewriting it refreshes the hash and is no change.
+        let unhashed = !before.has(MIRROR_HASHED) && op == Op::Update;
+        let quiet = reconcile || unhashed;
+        (!same || quiet).then_some(Write {
+            op,
+            counted: !same && !quiet,
+        })
+    }
+
+    /// Records active in the mirror that a complete pull did not return (and did not skip):
+    /// deleted by absence. Always zero for a delta pull.
+    pub fn absent_count(&self, entity: Entity) -> usize {
+        if self.delta {
+            return 0;
+        }
+        self.table(entity)
+            .entries
+            .values()
+            .filter(|e| e.has(MIRROR_ACTIVE) && !e.has(SEEN | SKIPPED))
+            .count()
+    }
+
+    /// Whether the mirror row with this id is deleted by absence in this pull.
+    pub fn is_absent(&self, entity: Entity, sourced_id: &str) -> bool {
+        let e = self.get(entity, key(sourced_id));
+        !self.delta && e.has(MIRROR_ACTIVE) && !e.has(SEEN | SKIPPED)
+    }
+
+    /// Whether a mirror-active enrollment that did not come usable in this pull (skipped, or
+    /// absent from a delta) is deleted by the cascade: its user or class will not be active.
+    pub fn cascades(&self, enrollment: &str, user: &str, class: &str) -> bool {
+        let e = self.get(Entity::Enrollments, key(enrollment));
+        e.has(MIRROR_ACTIVE)
+            && !e.has(SEEN)
+            && !(self.will_be_active(Entity::Users, user)
+                && self.will_be_active(Entity::Classes, class))
+    }
+
+    /// Records a deletion found after the pull (absence or cascade), so counting it twice is
+    /// impossible.
+    pub fn mark_deleted(&mut self, entity: Entity, key: Key) {
+        let entry = self.table_mut(entity).entries.entry(key).or_default();
+        entry.flags = (entry.flags | SEEN) & !ACTIVE;
+    }
+}
+
+impl Table {
+    /// One line of `COPY (SELECT sourced_id, active, hash) TO STDOUT`.
+    fn add_mirror_line(&mut self, line: &[u8]) -> Result<(), MirrorError> {
+        let bad = || MirrorError::Corrupt("unreadable mirror row".into());
+        let mut fields = line.split(|b| *b == b'\t');
+        let id = unescape(fields.next().ok_or_else(bad)?);
+        let active = fields.next().ok_or_else(bad)? == b"t";
+        let hash = fields.next().ok_or_else(bad)?;
+        let mut entry = Entry {
+            hash: 0,
+            flags: IN_MIRROR,
+        };
+        if active {
+            entry.flags |= MIRROR_ACTIVE;
+            self.mirror_active += 1;
+        }
+        if hash != b"\\N" {
+            entry.hash = std::str::from_utf8(hash)
+                .ok()
+                .and_then(|h| h.parse().ok())
+                .ok_or_else(bad)?;
+            entry.flags |= MIRROR_HASHED;
+        }
+        self.entries.insert(key(&id), entry);
+        Ok(())
+    }
+}
+
+/// Streams the lines of a `COPY (query) TO STDOUT` to `each`, without holding the output.
+pub async fn copy_out_lines(
+    conn: &mut PgConnection,
+    sql: String,
+    mut each: impl FnMut(&[u8]) -> Result<(), MirrorError>,
+) -> Result<(), MirrorError> {
+    let mut rows = conn
+        .copy_out_raw(&sql)
+        .await
+        .map_err(db("reading the mirror"))?;
+    let mut rest: Vec<u8> = Vec::new();
+    while let Some(chunk) = rows.try_next().await.map_err(db("reading the mirror"))? {
+        rest.extend_from_slice(&chunk);
+        let complete = rest.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        for line in rest[..complete].split(|b| *b == b'\n') {
+            if !line.is_empty() {
+                each(line)?;
+            }
+        }
+        rest.drain(..complete);
+    }
+    Ok(())
+}
+
+/// Decodes a COPY text-format field (PostgreSQL escapes backslash and control characters).
+pub fn unescape(field: &[u8]) -> String {
+    let mut out = Vec::with_capacity(field.len());
+    let mut bytes = field.iter();
+    while let Some(&b) = bytes.next() {
+        if b != b'\\' {
+            out.push(b);
+            continue;
+        }
+        match bytes.next() {
+            Some(b'b') => out.push(8),
+            Some(b'f') => out.push(12),
+            Some(b'n') => out.push(b'\n'),
+            Some(b'r') => out.push(b'\r'),
+            Some(b't') => out.push(b'\t'),
+            Some(b'v') => out.push(11),
+            Some(&other) => out.push(other),
+            None => out.push(b'\\'),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A string as an SQL literal (for `COPY (query)`, which takes no parameters).
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn db(doing: &'static str) -> impl FnOnce(sqlx::Error) -> MirrorError {
+    move |source| MirrorError::Database { doing, source }
+}
+
+/// Change counts and sample ids of a run, gathered as rows are classified.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub counts: BTreeMap<Entity, ChangeCounts>,
+    samples: BTreeMap<Entity, BTreeMap<&'static str, BTreeSet<String>>>,
+    per_operation: usize,
+}
+
+impl Tally {
+    pub fn new(per_operation: usize) -> Tally {
+        Tally {
+            per_operation,
+            ..Tally::default()
+        }
+    }
+
+    pub fn count(&mut self, entity: Entity, op: Op, sourced_id: &str) {
+        let c = self.counts.entry(entity).or_default();
+        match op {
+            Op::Create => c.created += 1,
+            Op::Update => c.updated += 1,
+            Op::Reactivate => c.reactivated += 1,
+            Op::Delete => c.deleted += 1,
+        }
+        // The first ids in sourcedId order, allocating only for those that make the cut.
+        let ids = self
+            .samples
+            .entry(entity)
+            .or_default()
+            .entry(op.as_str())
+            .or_default();
+        if ids.len() < self.per_operation
+            || ids.last().is_some_and(|last| sourced_id < last.as_str())
+        {
+            ids.insert(sourced_id.to_owned());
+            if ids.len() > self.per_operation {
+                ids.pop_last();
+            }
+        }
+    }
+
+    /// Sample ids per entity and operation, in sourcedId order.
+    pub fn samples(&self) -> crate::mirror::Samples {
+        self.samples
+            .iter()
+            .map(|(e, ops)| {
+                (
+                    *e,
+                    ops.iter()
+                        .map(|(op, ids)| (op.to_string(), ids.iter().cloned().collect()))
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn index_with(lines: &[&str]) -> Index {
+        let mut index = Index::empty(false, false);
+        for l in lines {
+            index
+                .table_mut(Entity::Users)
+                .add_mirror_line(l.as_bytes())
+                .unwrap();
+        }
+        index
+    }
+
+    #[test]
+    fn classification_against_the_mirror() {
+        let mut index = index_with(&["a\tt\t1", "b\tt\t2", "c\tf\t3", "d\tt\t\\N", "e\tt\t5"]);
+        let u = Entity::Users;
+        assert_eq!(index.mirror_active(u), 4);
+        assert_eq!(index.observe(u, key("a"), true, 1), None);
+        assert_eq!(
+            index.observe(u, key("b"), false, 20),
+            Some(Write {
+                op: Op::Delete,
+                counted: true
+            })
+        );
+        assert_eq!(
+            index.observe(u, key("c"), true, 30).unwrap().op,
+            Op::Reactivate
+        );
+        // An active row stored before hashes were kept is written again, as no change.
+        assert_eq!(
+            index.observe(u, key("d"), true, 4),
+            Some(Write {
+                op: Op::Update,
+                counted: false
+            })
+        );
+        assert_eq!(
+            index.observe(u, key("new"), true, 9).unwrap().op,
+            Op::Create
+        );
+        assert!(index.is_duplicate(u, key("a")));
+        assert_eq!(index.absent_count(u), 1);
+        assert!(index.is_absent(u, "e"));
+        assert!(!index.is_absent(u, "a"));
+    }
+
+    #[test]
+    fn reconcile_writes_equal_rows_without_counting_them() {
+        let mut index = index_with(&["a\tt\t1"]);
+        index.reconcile = true;
+        assert_eq!(
+            index.observe(Entity::Users, key("a"), true, 1),
+            Some(Write {
+                op: Op::Update,
+                counted: false
+            })
+        );
+    }
+
+    #[test]
+    fn delta_pulls_know_the_mirror_and_delete_nothing_by_absence() {
+        let mut index = index_with(&["a\tt\t1", "b\tf\t2"]);
+        index.delta = true;
+        let u = Entity::Users;
+        assert!(index.is_known(u, "a") && index.is_known(u, "b") && !index.is_known(u, "x"));
+        assert!(index.will_be_active(u, "a") && !index.will_be_active(u, "b"));
+        assert_eq!(index.absent_count(u), 0);
+        index.delta = false;
+        assert!(!index.is_known(u, "a") && !index.will_be_active(u, "a"));
+        assert_eq!(index.absent_count(u), 1);
+    }
+
+    #[test]
+    fn skipped_records_keep_their_stored_status_for_references() {
+        let mut index = index_with(&["a\tt\t1"]);
+        let u = Entity::Users;
+        index.mark_skipped(u, key("a"));
+        assert!(index.is_known(u, "a") && index.will_be_active(u, "a"));
+        assert_eq!(index.absent_count(u), 0);
+    }
+
+    #[test]
+    fn mirror_ids_are_unescaped() {
+        assert_eq!(unescape(b"a\\tb\\\\c\\nd"), "a\tb\\c\nd");
+        let index = index_with(&["x\\ty\tt\t1"]);
+        assert!(index.get(Entity::Users, key("x\ty")).has(IN_MIRROR));
+    }
+
+    #[test]
+    fn samples_keep_the_first_ids_in_order() {
+        let mut tally = Tally::new(2);
+        for id in ["d", "b", "c", "a"] {
+            tally.count(Entity::Users, Op::Create, id);
+        }
+        assert_eq!(tally.counts[&Entity::Users].created, 4);
+        assert_eq!(tally.samples()[&Entity::Users]["create"], vec!["a", "b"]);
+    }
+}
