@@ -173,10 +173,7 @@ pub async fn create_run_tables(conn: &mut PgConnection) -> Result<(), MirrorErro
 pub async fn seal_run_tables(conn: &mut PgConnection) -> Result<(), MirrorError> {
     let mut sql = String::from("CREATE INDEX ON stage_skipped (entity, sourced_id);\n");
     for entity in Entity::ALL {
-        sql.push_str(&format!(
-            "ANALYZE apply_{e}; ANALYZE del_{e};\n",
-            e = entity.as_str()
-        ));
+        sql.push_str(&format!("ANALYZE del_{};\n", entity.as_str()));
     }
     conn.execute(sqlx::AssertSqlSafe(sql))
         .await
@@ -536,16 +533,22 @@ pub async fn advance(conn: &mut PgConnection, district: &str) -> Result<(), Mirr
         } else {
             ("", "")
         };
-        sqlx::query(sql!(
-            "INSERT INTO sync.mirror_{e} (district_id, sourced_id, status, hash{extra_cols})
-             SELECT $1, sourced_id, status, hash{extra_cols} FROM apply_{e}
-             ON CONFLICT (district_id, sourced_id) DO UPDATE
+        let insert = format!(
+            "INSERT INTO sync.mirror_{e} AS t (district_id, sourced_id, status, hash{extra_cols})
+             SELECT $1, a.sourced_id, a.status, a.hash{extra_cols} FROM apply_{e} a"
+        );
+        let upsert = format!(
+            "ON CONFLICT (district_id, sourced_id) DO UPDATE
              SET status = EXCLUDED.status, hash = EXCLUDED.hash{extra_set}"
-        ))
-        .bind(district)
-        .execute(&mut *conn)
-        .await
-        .map_err(db("advancing the mirror"))?;
+        );
+        crate::store::insert_new_rows(conn, district, &insert, &upsert)
+            .await
+            .map_err(db("advancing the mirror"))?;
+        sqlx::query(sql!("{insert} WHERE a.op <> 'create' {upsert}"))
+            .bind(district)
+            .execute(&mut *conn)
+            .await
+            .map_err(db("advancing the mirror"))?;
         sqlx::query(sql!(
             "UPDATE sync.mirror_{e} m SET status = 'deleted', hash = NULL
              FROM del_{e} d WHERE m.district_id = $1 AND m.sourced_id = d.sourced_id"

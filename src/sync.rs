@@ -99,8 +99,8 @@ pub struct RunReport {
     /// applied because it was approved).
     pub hold: Option<Hold>,
     /// Time per phase in milliseconds: `pull` (wall time of the whole pull, which includes
-    /// `normalize`, the time spent normalizing, checking, hashing and classifying records,
-    /// and `stage`, the time spent copying changed rows into the change-set tables), `diff`
+    /// `index`, loading the mirror index, `classify`, the time spent checking, hashing and
+    /// classifying records (normalization runs beside it on other threads), and `stage`, the time spent copying changed rows into the change-set tables), `diff`
     /// (deletions by absence and the cascade), `apply` (store and mirror).
     pub phases_ms: BTreeMap<&'static str, u64>,
     /// OneRoster requests made (retries included) and the time spent on them.
@@ -158,6 +158,8 @@ pub enum SyncError {
         "the upstream data kept changing during the pull (x-perm-rev moved {attempts} times); giving up for this run"
     )]
     RevisionUnstable { attempts: usize },
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error("the run exceeded its deadline of {0:?} (run_timeout)")]
     Deadline(Duration),
 }
@@ -575,6 +577,7 @@ async fn pull_snapshot(
 ) -> Result<Pipeline, SyncError> {
     for attempt in 1..=MAX_PULL_ATTEMPTS {
         mirror::create_run_tables(session).await?;
+        let phase = Instant::now();
         let index = Index::load(
             session,
             &district.id,
@@ -582,6 +585,7 @@ async fn pull_snapshot(
             mode == DiffMode::Reconcile,
         )
         .await?;
+        run.timed("index", phase);
         let mut pipeline = Pipeline::new(index, SAMPLE_IDS);
         for c in run.counts.values_mut() {
             *c = EntityCounts::default();
@@ -684,7 +688,8 @@ async fn pull_all(
                 $endpoint,
                 $entity,
                 query,
-                |w, pipeline, run| match $normalize(w) {
+                $normalize,
+                |normalized, pipeline, run| match normalized {
                     Ok((row, warnings)) => {
                         for w in warnings {
                             run.warn(w);
@@ -772,9 +777,9 @@ async fn pull_demographics(
         Endpoint::Demographics,
         Entity::Users,
         query,
-        |w: oneroster::wire::Demographics, pipeline, run| {
-            let id = w.sourced_id.clone();
-            match normalize::demographics(w) {
+        |w: oneroster::wire::Demographics| (w.sourced_id.clone(), normalize::demographics(w)),
+        |(id, normalized), pipeline, run| {
+            match normalized {
                 Ok((record, warnings)) => {
                     for w in warnings {
                         run.warn(w);
@@ -819,10 +824,11 @@ async fn flush(
     Ok(())
 }
 
-/// Streams one collection's pages through `each` (normalize and hand to the pipeline) into
-/// the change-set tables. Returns false when the revision moved (the caller starts over).
+/// Streams one collection's pages through `normalize` (on the blocking pool, a page at a time,
+/// while the previous page goes on) and `each` (hand to the pipeline) into the change-set
+/// tables. Returns false when the revision moved (the caller starts over).
 #[allow(clippy::too_many_arguments)]
-async fn pull_collection<W>(
+async fn pull_collection<W, N>(
     client: &OneRosterClient,
     session: &mut PgConnection,
     run: &mut Run,
@@ -831,19 +837,40 @@ async fn pull_collection<W>(
     endpoint: Endpoint,
     entity: Entity,
     query: PullQuery,
-    mut each: impl FnMut(W, &mut Pipeline, &mut Run),
+    normalize: fn(W) -> N,
+    mut each: impl FnMut(N, &mut Pipeline, &mut Run),
 ) -> Result<bool, SyncError>
 where
     W: WireRecord,
+    N: Send + 'static,
 {
     let counts_fetched = endpoint != Endpoint::Demographics;
     // Fetching and staging run side by side: the producer keeps the client's requests going
     // while the consumer normalizes and copies earlier pages. The channel (plus the client's
     // own `concurrency` requests in flight) bounds the pages held in memory.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Page<W>>(client.concurrency());
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Page<N>>(client.concurrency());
     let producer = async move {
         let mut pages = std::pin::pin!(client.pages::<W>(endpoint, query));
         while let Some(page) = pages.try_next().await? {
+            let Page {
+                offset,
+                total,
+                revision,
+                records,
+                unreadable,
+            } = page;
+            let records = tokio::task::spawn_blocking(move || {
+                records.into_iter().map(normalize).collect::<Vec<N>>()
+            })
+            .await
+            .map_err(|e| SyncError::Internal(format!("normalizing a page failed: {e}")))?;
+            let page = Page {
+                offset,
+                total,
+                revision,
+                records,
+                unreadable,
+            };
             if tx.send(page).await.is_err() {
                 break; // the consumer stopped (revision moved or staging failed)
             }
@@ -865,7 +892,7 @@ where
             for record in page.records {
                 each(record, pipeline, run);
             }
-            run.timed("normalize", phase);
+            run.timed("classify", phase);
             flush(session, run, pipeline, entity).await?;
         }
         Ok::<bool, SyncError>(true)

@@ -430,8 +430,13 @@ impl OneRosterClient {
                 });
             }
         };
-        let raw = match page_records(&body, endpoint) {
-            Ok(raw) => raw,
+        // Parsing a page of thousands of records is CPU work: it runs on the blocking pool, so
+        // pages are parsed while the consumer normalizes and stages earlier ones.
+        let parsed = tokio::task::spawn_blocking(move || parse_page::<T>(&body, endpoint))
+            .await
+            .unwrap_or_else(|e| Err(PageShapeError::Shape(format!("page parser failed: {e}"))));
+        let (records, unreadable, len) = match parsed {
+            Ok(parsed) => parsed,
             Err(PageShapeError::Truncated(detail)) => {
                 return Ok(Attempt::Transient {
                     failure: Transient::Parse(detail),
@@ -453,16 +458,8 @@ impl OneRosterClient {
             offset,
             self.page_size,
             known_total,
-            raw.len(),
+            len,
         )?;
-        let mut records = Vec::with_capacity(raw.len());
-        let mut unreadable = Vec::new();
-        for record in raw {
-            match read_record::<T>(record) {
-                Ok(r) => records.push(r),
-                Err(skip) => unreadable.push(skip),
-            }
-        }
         Ok(Attempt::Done(Page {
             offset,
             total: page.total,
@@ -611,6 +608,26 @@ enum PageShapeError {
 
 /// The raw records of a page: the envelope's array, or a bare array. Each record stays raw text
 /// (no `Value` tree) until it is read into its wire type.
+/// A page's records: the readable ones, the unreadable ones reported by id, and how many the
+/// page held.
+type ParsedPage<T> = (Vec<T>, Vec<Skipped>, usize);
+
+fn parse_page<T: WireRecord>(
+    body: &[u8],
+    endpoint: Endpoint,
+) -> Result<ParsedPage<T>, PageShapeError> {
+    let raw = page_records(body, endpoint)?;
+    let mut records = Vec::with_capacity(raw.len());
+    let mut unreadable = Vec::new();
+    for record in &raw {
+        match read_record::<T>(record) {
+            Ok(r) => records.push(r),
+            Err(skip) => unreadable.push(skip),
+        }
+    }
+    Ok((records, unreadable, raw.len()))
+}
+
 fn page_records(body: &[u8], endpoint: Endpoint) -> Result<Vec<&RawValue>, PageShapeError> {
     let classify = |e: serde_json::Error| match e.classify() {
         serde_json::error::Category::Data => PageShapeError::Shape(format!(
