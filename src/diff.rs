@@ -29,6 +29,11 @@ pub fn key(sourced_id: &str) -> Key {
     xxh3_128(sourced_id.as_bytes())
 }
 
+/// The definition of [`row_hash`] and the row encoding it reads. Bump it whenever either
+/// changes: a mirror hashed under another version is not trusted (its rows are written once
+/// more, as no change, and the next run pulls everything).
+pub const HASH_VERSION: i32 = 1;
+
 /// The hash of a row's stored form (its COPY line), as kept in `sync.mirror_*.hash`.
 pub fn row_hash(line: &[u8]) -> i64 {
     xxh3_64(line) as i64
@@ -55,6 +60,13 @@ impl Entry {
     fn has(self, flag: u8) -> bool {
         self.flags & flag != 0
     }
+}
+
+/// What the snapshot says of a referenced record.
+#[derive(Debug, Clone, Copy)]
+pub struct Reference {
+    pub known: bool,
+    pub active: bool,
 }
 
 /// What to do with one pulled record.
@@ -92,46 +104,122 @@ struct Table {
 }
 
 /// The mirror of one district as the pull sees it.
+///
+/// For a complete pull the whole mirror is loaded up front (every record will be looked up).
+/// A delta pull touches few records: its index starts empty and loads the entries a page needs
+/// ([`Index::ensure`]) before the page is classified.
 pub struct Index {
     tables: BTreeMap<Entity, Table>,
+    district: String,
     /// A delta pull: records not in the pull are unchanged, not absent.
     delta: bool,
     /// Write every pulled row, whatever the mirror says (the mirror may be behind the store).
     reconcile: bool,
+    trust_hashes: bool,
 }
 
 impl Index {
-    /// Loads the district's mirror.
+    /// Loads the district's mirror (for a delta pull only its active counts); `trust_hashes`
+    /// is false when its hashes are of another [`HASH_VERSION`].
     pub async fn load(
         conn: &mut PgConnection,
         district: &str,
         delta: bool,
         reconcile: bool,
+        trust_hashes: bool,
     ) -> Result<Index, MirrorError> {
         let mut tables = BTreeMap::new();
         for entity in Entity::ALL {
             let mut table = Table::default();
-            let sql = format!(
-                "COPY (SELECT sourced_id, status = 'active', hash FROM sync.mirror_{} WHERE district_id = {}) TO STDOUT",
-                entity.as_str(),
-                quote_literal(district)
-            );
-            copy_out_lines(conn, sql, |line| table.add_mirror_line(line)).await?;
+            if delta {
+                table.mirror_active = sqlx::query_scalar(sql!(
+                    "SELECT count(*) FROM sync.mirror_{} WHERE district_id = $1 AND status = 'active'",
+                    entity.as_str()
+                ))
+                .bind(district)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(db("counting mirrored rows"))?;
+            } else {
+                let sql = format!(
+                    "COPY (SELECT sourced_id, status = 'active', {} FROM sync.mirror_{} WHERE district_id = {}) TO STDOUT",
+                    if trust_hashes { "hash" } else { "NULL" },
+                    entity.as_str(),
+                    quote_literal(district)
+                );
+                copy_out_lines(conn, sql, |line| table.add_mirror_line(line)).await?;
+            }
             tables.insert(entity, table);
         }
         Ok(Index {
             tables,
+            district: district.to_owned(),
             delta,
             reconcile,
+            trust_hashes,
         })
+    }
+
+    /// Delta pulls: loads the mirror entries of these ids that are not loaded yet (an id the
+    /// mirror lacks is remembered as such).
+    pub async fn ensure(
+        &mut self,
+        conn: &mut PgConnection,
+        entity: Entity,
+        ids: &[String],
+    ) -> Result<(), MirrorError> {
+        if !self.delta {
+            return Ok(());
+        }
+        let table = self.tables.entry(entity).or_default();
+        let mut missing: Vec<&str> = ids
+            .iter()
+            .filter(|id| !table.entries.contains_key(&key(id)))
+            .map(String::as_str)
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<(String, bool, Option<i64>)> = sqlx::query_as(sql!(
+            "SELECT sourced_id, status = 'active', hash FROM sync.mirror_{}
+             WHERE district_id = $1 AND sourced_id = ANY($2)",
+            entity.as_str()
+        ))
+        .bind(&self.district)
+        .bind(&missing)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db("reading the mirror"))?;
+        for (id, active, hash) in rows {
+            let mut entry = Entry {
+                hash: 0,
+                flags: IN_MIRROR,
+            };
+            if active {
+                entry.flags |= MIRROR_ACTIVE;
+            }
+            if let Some(h) = hash.filter(|_| self.trust_hashes) {
+                entry.hash = h;
+                entry.flags |= MIRROR_HASHED;
+            }
+            table.entries.insert(key(&id), entry);
+        }
+        for id in missing {
+            table.entries.entry(key(id)).or_default();
+        }
+        Ok(())
     }
 
     /// An empty index (a district never synced), for tests.
     pub fn empty(delta: bool, reconcile: bool) -> Index {
         Index {
             tables: Entity::ALL.map(|e| (e, Table::default())).into(),
+            district: String::new(),
             delta,
             reconcile,
+            trust_hashes: true,
         }
     }
 
@@ -169,14 +257,25 @@ impl Index {
     /// in this pull (even one skipped as invalid: it keeps its stored row), or, in a delta
     /// pull, the store has it.
     pub fn is_known(&self, entity: Entity, sourced_id: &str) -> bool {
-        let e = self.get(entity, key(sourced_id));
-        e.has(SEEN | SKIPPED) || (self.delta && e.has(IN_MIRROR))
+        self.reference(entity, sourced_id).known
     }
 
     /// Whether the record will be active in the store after this run: as pulled; as stored
     /// when it was skipped as invalid, or absent from a delta pull.
     pub fn will_be_active(&self, entity: Entity, sourced_id: &str) -> bool {
+        self.reference(entity, sourced_id).active
+    }
+
+    /// [`Index::is_known`] and [`Index::will_be_active`] in one lookup.
+    pub fn reference(&self, entity: Entity, sourced_id: &str) -> Reference {
         let e = self.get(entity, key(sourced_id));
+        Reference {
+            known: e.has(SEEN | SKIPPED) || (self.delta && e.has(IN_MIRROR)),
+            active: self.active_after(e),
+        }
+    }
+
+    fn active_after(&self, e: Entry) -> bool {
         if e.has(SEEN) {
             e.has(ACTIVE)
         } else if e.has(SKIPPED) || self.delta {

@@ -9,7 +9,9 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use std::io::Write as _;
+
+use chrono::{DateTime, Datelike, NaiveDate, Timelike, Utc};
 use serde::Serialize;
 use sqlx::{Executor, PgConnection};
 
@@ -246,8 +248,36 @@ impl<'a> CopyLine<'a> {
         self.text(value.map(|b| if b { "t" } else { "f" }));
     }
 
-    pub fn display(&mut self, value: Option<impl std::fmt::Display>) {
-        self.text(value.map(|v| v.to_string()).as_deref());
+    /// A date as `YYYY-MM-DD`.
+    pub fn date(&mut self, value: Option<NaiveDate>) {
+        match value {
+            Some(d) => {
+                self.sep();
+                let _ = write!(self.buf, "{:04}-{:02}-{:02}", d.year(), d.month(), d.day());
+            }
+            None => self.null(),
+        }
+    }
+
+    /// A timestamp as `YYYY-MM-DDTHH:MM:SS.ffffffZ` (microseconds, as stored).
+    pub fn timestamp(&mut self, value: Option<DateTime<Utc>>) {
+        match value {
+            Some(t) => {
+                self.sep();
+                let _ = write!(
+                    self.buf,
+                    "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+                    t.year(),
+                    t.month(),
+                    t.day(),
+                    t.hour(),
+                    t.minute(),
+                    t.second(),
+                    t.timestamp_subsec_micros()
+                );
+            }
+            None => self.null(),
+        }
     }
 
     /// A `text[]` literal: every element double-quoted, `"` and `\` backslash-escaped, and the
@@ -361,10 +391,6 @@ macro_rules! common {
     };
 }
 
-fn timestamp(t: Option<DateTime<Utc>>) -> Option<String> {
-    t.map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
-}
-
 impl StageRow for Org {
     common!(Entity::Orgs);
     fn encode(&self, l: &mut CopyLine<'_>) {
@@ -374,7 +400,7 @@ impl StageRow for Org {
         l.text(self.org_type.as_deref());
         l.text(self.identifier.as_deref());
         l.text(self.parent_sourced_id.as_deref());
-        l.text(timestamp(self.source_modified_at).as_deref());
+        l.timestamp(self.source_modified_at);
     }
 }
 
@@ -385,11 +411,11 @@ impl StageRow for AcademicSession {
         l.status(self.status);
         l.text(self.title.as_deref());
         l.text(self.session_type.as_deref());
-        l.display(self.start_date);
-        l.display(self.end_date);
+        l.date(self.start_date);
+        l.date(self.end_date);
         l.text(self.parent_sourced_id.as_deref());
         l.text(self.school_year.as_deref());
-        l.text(timestamp(self.source_modified_at).as_deref());
+        l.timestamp(self.source_modified_at);
     }
 }
 
@@ -401,7 +427,7 @@ impl StageRow for Course {
         l.text(self.title.as_deref());
         l.text(self.course_code.as_deref());
         l.text(self.org_sourced_id.as_deref());
-        l.text(timestamp(self.source_modified_at).as_deref());
+        l.timestamp(self.source_modified_at);
     }
 }
 
@@ -419,7 +445,7 @@ impl StageRow for Class {
         l.array(&self.grades);
         l.array(&self.subjects);
         l.array(&self.periods);
-        l.text(timestamp(self.source_modified_at).as_deref());
+        l.timestamp(self.source_modified_at);
     }
 }
 
@@ -445,7 +471,7 @@ impl StageRow for User {
             Some(races) => l.array(&races),
             None => l.null(),
         }
-        l.text(timestamp(self.source_modified_at).as_deref());
+        l.timestamp(self.source_modified_at);
     }
 }
 
@@ -459,9 +485,9 @@ impl StageRow for Enrollment {
         l.text(self.school_sourced_id.as_deref());
         l.text(Some(&self.role));
         l.bool(self.is_primary);
-        l.display(self.begin_date);
-        l.display(self.end_date);
-        l.text(timestamp(self.source_modified_at).as_deref());
+        l.date(self.begin_date);
+        l.date(self.end_date);
+        l.timestamp(self.source_modified_at);
     }
 }
 
@@ -558,6 +584,13 @@ pub async fn advance(conn: &mut PgConnection, district: &str) -> Result<(), Mirr
         .await
         .map_err(db("advancing the mirror"))?;
     }
+    // Every row this run pulled now carries a hash of the current definition.
+    sqlx::query("UPDATE sync.districts SET hash_version = $2 WHERE district_id = $1")
+        .bind(district)
+        .bind(crate::diff::HASH_VERSION)
+        .execute(&mut *conn)
+        .await
+        .map_err(db("advancing the mirror"))?;
     Ok(())
 }
 

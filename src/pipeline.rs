@@ -8,6 +8,7 @@
 //! demographics, users, enrollments), so every reference is checked against a complete set.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
 
 use chrono::{DateTime, Utc};
 use foldhash::fast::FixedState;
@@ -15,10 +16,11 @@ use sqlx::{PgConnection, PgPool, Row};
 
 use crate::diff::{self, Index, Key, Op, Tally};
 use crate::domain::{
-    AcademicSession, Class, Course, Demo, Enrollment, Entity, Org, Skipped, Status, User,
-    races_bits,
+    AcademicSession, Class, Course, Demo, Demographics, Enrollment, Entity, Org, Skipped, Status,
+    User, races_bits,
 };
 use crate::mirror::{self, CopyLine, MirrorError, StageRow};
+use crate::normalize::Normalized;
 
 /// Users of a delta pull held back until their demographics are read from the store; past this
 /// many the delta is abandoned for a full pull (which needs no such help and costs the same).
@@ -28,14 +30,15 @@ const STORE_BATCH: usize = 5_000;
 
 /// A record type as the pipeline checks and stores it.
 pub trait Pulled: StageRow {
-    /// Why the record cannot be used in this snapshot, if it cannot (a reference to a record
-    /// that is not in the snapshot).
-    fn problem(&self, _index: &Index) -> Option<String> {
-        None
-    }
+    /// The records this one refers to (looked up before it is settled).
+    fn references(&self, _out: &mut Vec<(Entity, String)>) {}
 
-    /// Turns the record into its stored form, given the rest of the snapshot.
-    fn settle(&mut self, _index: &Index) {}
+    /// Checks the record's references and turns it into its stored form, given the rest of
+    /// the snapshot; `Err` says why it cannot be used (a reference to a record that is not in
+    /// the snapshot).
+    fn settle(&mut self, _index: &Index) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 impl Pulled for Org {}
@@ -48,44 +51,92 @@ fn missing(what: &str, id: &str) -> String {
 }
 
 impl Pulled for Class {
-    fn problem(&self, index: &Index) -> Option<String> {
+    fn references(&self, out: &mut Vec<(Entity, String)>) {
+        out.extend(
+            self.school_sourced_id
+                .iter()
+                .map(|id| (Entity::Orgs, id.clone())),
+        );
+        out.extend(
+            self.course_sourced_id
+                .iter()
+                .map(|id| (Entity::Courses, id.clone())),
+        );
+        out.extend(
+            self.term_sourced_ids
+                .iter()
+                .map(|id| (Entity::AcademicSessions, id.clone())),
+        );
+    }
+
+    fn settle(&mut self, index: &Index) -> Result<(), String> {
         if let Some(school) = &self.school_sourced_id
             && !index.is_known(Entity::Orgs, school)
         {
-            return Some(missing("school", school));
+            return Err(missing("school", school));
         }
         if let Some(course) = &self.course_sourced_id
             && !index.is_known(Entity::Courses, course)
         {
-            return Some(missing("course", course));
+            return Err(missing("course", course));
         }
-        self.term_sourced_ids
+        match self
+            .term_sourced_ids
             .iter()
             .find(|t| !index.is_known(Entity::AcademicSessions, t))
-            .map(|t| missing("term", t))
+        {
+            Some(term) => Err(missing("term", term)),
+            None => Ok(()),
+        }
     }
 }
 
 impl Pulled for Enrollment {
-    fn problem(&self, index: &Index) -> Option<String> {
-        if !index.is_known(Entity::Users, &self.user_sourced_id) {
-            Some(missing("user", &self.user_sourced_id))
-        } else if !index.is_known(Entity::Classes, &self.class_sourced_id) {
-            Some(missing("class", &self.class_sourced_id))
-        } else {
-            None
-        }
+    fn references(&self, out: &mut Vec<(Entity, String)>) {
+        out.push((Entity::Users, self.user_sourced_id.clone()));
+        out.push((Entity::Classes, self.class_sourced_id.clone()));
     }
 
-    /// The cascade: an enrollment is stored deleted when its user or class will not be active.
-    fn settle(&mut self, index: &Index) {
-        if self.status == Status::Active
-            && !(index.will_be_active(Entity::Users, &self.user_sourced_id)
-                && index.will_be_active(Entity::Classes, &self.class_sourced_id))
-        {
+    /// Also the cascade: an enrollment is stored deleted when its user or class will not be
+    /// active.
+    fn settle(&mut self, index: &Index) -> Result<(), String> {
+        let user = index.reference(Entity::Users, &self.user_sourced_id);
+        if !user.known {
+            return Err(missing("user", &self.user_sourced_id));
+        }
+        let class = index.reference(Entity::Classes, &self.class_sourced_id);
+        if !class.known {
+            return Err(missing("class", &self.class_sourced_id));
+        }
+        if !(user.active && class.active) {
             self.status = Status::Deleted;
         }
+        Ok(())
     }
+}
+
+/// A normalized record, for what a delta pull must look up in the mirror before classifying
+/// it: its own id (valid or skipped) and what it refers to.
+pub trait Lookups {
+    fn lookups(&self, out: &mut Vec<(Entity, String)>);
+}
+
+impl<R: Pulled> Lookups for Normalized<R> {
+    fn lookups(&self, out: &mut Vec<(Entity, String)>) {
+        match self {
+            Ok((row, _)) => {
+                out.push((R::ENTITY, row.sourced_id().to_owned()));
+                row.references(out);
+            }
+            Err(skipped) => out.push((R::ENTITY, skipped.sourced_id.clone())),
+        }
+    }
+}
+
+/// Demographics (with the id they were sent under) wait for their user in memory: nothing to
+/// look up.
+impl Lookups for (Option<String>, Normalized<Option<Demographics>>) {
+    fn lookups(&self, _out: &mut Vec<(Entity, String)>) {}
 }
 
 /// One run's pipeline state.
@@ -131,6 +182,29 @@ impl Pipeline {
         }
     }
 
+    /// Delta pulls: loads the mirror entries these lookups need.
+    pub async fn prepare(
+        &mut self,
+        conn: &mut PgConnection,
+        mut lookups: Vec<(Entity, String)>,
+    ) -> Result<(), MirrorError> {
+        if !self.index.is_delta() || lookups.is_empty() {
+            return Ok(());
+        }
+        lookups.sort_unstable();
+        for entity in Entity::ALL {
+            let ids: Vec<String> = lookups
+                .iter()
+                .filter(|(e, _)| *e == entity)
+                .map(|(_, id)| id.clone())
+                .collect();
+            if !ids.is_empty() {
+                self.index.ensure(conn, entity, &ids).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Checks, settles, hashes and classifies one record; a changed row is buffered as a COPY
     /// line for `apply_*`.
     pub fn accept<R: Pulled>(&mut self, mut row: R) {
@@ -144,7 +218,7 @@ impl Pipeline {
             });
             return;
         }
-        if let Some(reason) = row.problem(&self.index) {
+        if let Err(reason) = row.settle(&self.index) {
             self.skip(Skipped {
                 entity: entity.as_str(),
                 sourced_id: row.sourced_id().to_owned(),
@@ -152,7 +226,6 @@ impl Pipeline {
             });
             return;
         }
-        row.settle(&self.index);
         if let Some(t) = row.modified() {
             self.newest = self.newest.max(Some(t));
         }
@@ -163,8 +236,7 @@ impl Pipeline {
             self.lines.truncate(start);
             return;
         };
-        self.lines
-            .extend_from_slice(format!("\t{hash}\t{}\n", write.op.as_str()).as_bytes());
+        let _ = writeln!(self.lines, "\t{hash}\t{}", write.op.as_str());
         self.written += 1;
         if write.counted {
             self.tally.count(entity, write.op, row.sourced_id());
@@ -240,6 +312,7 @@ impl Pipeline {
     /// the new demographics of users whose own record did not change, on their stored row.
     pub async fn complete_users(
         &mut self,
+        conn: &mut PgConnection,
         store: &PgPool,
         district: &str,
     ) -> Result<(), MirrorError> {
@@ -267,6 +340,7 @@ impl Pipeline {
             .filter(|id| self.demographics.contains_key(&diff::key(id)))
             .collect();
         for batch in ids.chunks(STORE_BATCH) {
+            self.index.ensure(conn, Entity::Users, batch).await?;
             let ids: Vec<&str> = batch.iter().map(String::as_str).collect();
             for mut user in stored_users(store, district, &ids).await? {
                 if let Some(demo) = self.demographics.get(&diff::key(&user.sourced_id)) {
@@ -277,6 +351,11 @@ impl Pipeline {
         }
         self.demographics = HashMap::default();
         Ok(())
+    }
+
+    /// Bytes of COPY lines buffered.
+    pub fn buffered(&self) -> usize {
+        self.lines.len()
     }
 
     /// The COPY lines buffered since the last call.
@@ -352,6 +431,13 @@ impl Pipeline {
             .await
             .map_err(db("reading skipped enrollments"))?
         };
+        let mut lookups = Vec::new();
+        for (id, user, class) in &candidates {
+            lookups.push((Entity::Enrollments, id.clone()));
+            lookups.push((Entity::Users, user.clone()));
+            lookups.push((Entity::Classes, class.clone()));
+        }
+        self.prepare(conn, lookups).await?;
         let cascaded = candidates
             .into_iter()
             .filter(|(id, user, class)| self.index.cascades(id, user, class))

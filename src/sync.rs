@@ -16,13 +16,13 @@ use uuid::Uuid;
 
 use crate::config::DistrictConfig;
 use crate::db::{Databases, DbError};
-use crate::diff::Index;
+use crate::diff::{HASH_VERSION, Index};
 use crate::domain::Demo;
 use crate::domain::{Entity, Skipped, Warning};
 use crate::mirror::{self, DiffMode, MirrorError, Samples};
 use crate::normalize;
 use crate::oneroster::{self, Endpoint, FetchError, OneRosterClient, Page, PullQuery, WireRecord};
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Lookups, Pipeline};
 use crate::safety::{self, Breach};
 use crate::store::{self, StoreError};
 
@@ -32,6 +32,8 @@ const MAX_PULL_ATTEMPTS: usize = 4;
 const SKIPPED_LOG_LINES: usize = 100;
 /// Skipped records kept in the run history row.
 const SKIPPED_HISTORY: usize = 5_000;
+/// Changed rows are copied into the change-set tables in batches of about this size.
+const COPY_BATCH_BYTES: usize = 8 << 20;
 /// Sample ids per entity and operation in change reports and held change sets.
 const SAMPLE_IDS: usize = 10;
 
@@ -334,7 +336,17 @@ async fn cycle_in_session(
             }
             None => info!("full pull"),
         }
-        let pipeline = pull_snapshot(dbs, district, client, session, run, since, mode).await?;
+        let pipeline = pull_snapshot(
+            dbs,
+            district,
+            client,
+            session,
+            run,
+            since,
+            mode,
+            state.hash_version == Some(HASH_VERSION),
+        )
+        .await?;
         match (&pipeline.needs_full, since) {
             (Some(reason), Some(_)) => {
                 warn!(reason = %reason, "delta pull abandoned ({reason}): pulling everything");
@@ -574,6 +586,7 @@ async fn pull_snapshot(
     run: &mut Run,
     since: Option<DateTime<Utc>>,
     mode: DiffMode,
+    hashes_current: bool,
 ) -> Result<Pipeline, SyncError> {
     for attempt in 1..=MAX_PULL_ATTEMPTS {
         mirror::create_run_tables(session).await?;
@@ -583,6 +596,7 @@ async fn pull_snapshot(
             &district.id,
             since.is_some(),
             mode == DiffMode::Reconcile,
+            hashes_current,
         )
         .await?;
         run.timed("index", phase);
@@ -746,7 +760,9 @@ async fn pull_all(
         }
     }
     collection!(Endpoint::Users, Entity::Users, normalize::user, accept_user);
-    pipeline.complete_users(&dbs.store, &district.id).await?;
+    pipeline
+        .complete_users(session, &dbs.store, &district.id)
+        .await?;
     flush(session, run, pipeline, Entity::Users).await?;
     if pipeline.needs_full.is_some() {
         return Ok(());
@@ -842,7 +858,7 @@ async fn pull_collection<W, N>(
 ) -> Result<bool, SyncError>
 where
     W: WireRecord,
-    N: Send + 'static,
+    N: Lookups + Send + 'static,
 {
     let counts_fetched = endpoint != Endpoint::Demographics;
     // Fetching and staging run side by side: the producer keeps the client's requests going
@@ -885,6 +901,18 @@ where
             if counts_fetched && let Some(c) = run.counts.get_mut(&entity) {
                 c.fetched += (page.records.len() + page.unreadable.len()) as i64;
             }
+            if pipeline.index.is_delta() {
+                let mut lookups = Vec::new();
+                for record in &page.records {
+                    record.lookups(&mut lookups);
+                }
+                lookups.extend(
+                    page.unreadable
+                        .iter()
+                        .map(|s| (entity, s.sourced_id.clone())),
+                );
+                pipeline.prepare(session, lookups).await?;
+            }
             let phase = Instant::now();
             for bad in page.unreadable {
                 pipeline.skip(bad);
@@ -893,8 +921,12 @@ where
                 each(record, pipeline, run);
             }
             run.timed("classify", phase);
-            flush(session, run, pipeline, entity).await?;
+            // Few large COPYs: each statement costs a round trip or two whatever its size.
+            if pipeline.buffered() >= COPY_BATCH_BYTES {
+                flush(session, run, pipeline, entity).await?;
+            }
         }
+        flush(session, run, pipeline, entity).await?;
         Ok::<bool, SyncError>(true)
     };
     let (fetched, staged) = tokio::join!(producer, consumer);
@@ -909,6 +941,8 @@ struct DistrictState {
     pending_run_id: Option<Uuid>,
     last_full_pull_at: Option<DateTime<Utc>>,
     delta_watermark: Option<DateTime<Utc>>,
+    /// The row-hash definition the mirror was written with.
+    hash_version: Option<i32>,
     /// A change set is held: runs pull everything until it is applied or superseded, so the
     /// approved set can come back exactly as it was held.
     holding: bool,
@@ -916,7 +950,7 @@ struct DistrictState {
 
 async fn district_state(dbs: &Databases, district: &str) -> Result<DistrictState, SyncError> {
     let state: Option<DistrictState> = sqlx::query_as(
-        "SELECT pending_run_id, last_full_pull_at, delta_watermark,
+        "SELECT pending_run_id, last_full_pull_at, delta_watermark, hash_version,
                 EXISTS (SELECT 1 FROM sync.held_change_sets h
                         WHERE h.district_id = d.district_id AND h.released_at IS NULL) AS holding
          FROM sync.districts d WHERE district_id = $1",
@@ -945,6 +979,8 @@ fn delta_since(
         "a change set is held for approval"
     } else if state.last_full_pull_at.is_none() || state.delta_watermark.is_none() {
         "no complete pull yet"
+    } else if state.hash_version != Some(HASH_VERSION) {
+        "the mirror's row hashes are of another version"
     } else if state
         .last_full_pull_at
         .is_some_and(|t| (Utc::now() - t).to_std().unwrap_or_default() >= district.full_interval)

@@ -452,14 +452,7 @@ impl OneRosterClient {
                 });
             }
         };
-        let page = check_page(
-            endpoint,
-            &headers,
-            offset,
-            self.page_size,
-            known_total,
-            len,
-        )?;
+        let page = check_page(endpoint, &headers, offset, self.page_size, known_total, len)?;
         Ok(Attempt::Done(Page {
             offset,
             total: page.total,
