@@ -188,6 +188,19 @@ pub async fn release(state: &PgPool, district: &str, fingerprint: &str) -> Resul
     Ok(())
 }
 
+/// Retires every pending change set of the district: a run passed the gate without one, so the
+/// source moved on from what was held.
+pub async fn supersede(state: &PgPool, district: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE sync.held_change_sets SET released_at = now(), resolution = 'superseded'
+         WHERE district_id = $1 AND released_at IS NULL",
+    )
+    .bind(district)
+    .execute(state)
+    .await?;
+    Ok(())
+}
+
 /// The district's pending held change set, if any.
 pub async fn pending(state: &PgPool, district: &str) -> Result<Option<Held>, sqlx::Error> {
     let row: Option<(

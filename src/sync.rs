@@ -416,6 +416,11 @@ async fn cycle_in_session(
     if dry_run {
         return Ok(Outcome::DryRun);
     }
+    if breaches.is_empty() && state.holding {
+        safety::supersede(&dbs.state, &district.id)
+            .await
+            .map_err(db("retiring the held change set"))?;
+    }
     if pipeline.written == 0 {
         mark_success(dbs, district, run).await?;
         return Ok(Outcome::NothingToDo);

@@ -4,6 +4,7 @@ mod audit;
 mod client;
 mod config;
 mod daemon;
+mod delta;
 mod docs;
 mod migrations;
 mod network;
