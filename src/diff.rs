@@ -119,8 +119,9 @@ pub struct Index {
 }
 
 impl Index {
-    /// Loads the district's mirror (for a delta pull only its active counts); `trust_hashes`
-    /// is false when its hashes are of another [`HASH_VERSION`].
+    /// Loads the district's mirror (nothing yet for a delta pull: see [`Index::ensure`] and
+    /// [`Index::set_mirror_active`]); `trust_hashes` is false when its hashes are of another
+    /// [`HASH_VERSION`].
     pub async fn load(
         conn: &mut PgConnection,
         district: &str,
@@ -131,16 +132,7 @@ impl Index {
         let mut tables = BTreeMap::new();
         for entity in Entity::ALL {
             let mut table = Table::default();
-            if delta {
-                table.mirror_active = sqlx::query_scalar(sql!(
-                    "SELECT count(*) FROM sync.mirror_{} WHERE district_id = $1 AND status = 'active'",
-                    entity.as_str()
-                ))
-                .bind(district)
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(db("counting mirrored rows"))?;
-            } else {
+            if !delta {
                 let sql = format!(
                     "COPY (SELECT sourced_id, status = 'active', {} FROM sync.mirror_{} WHERE district_id = {}) TO STDOUT",
                     if trust_hashes { "hash" } else { "NULL" },
@@ -246,6 +238,13 @@ impl Index {
     /// Rows of the type the store holds as active before this run.
     pub fn mirror_active(&self, entity: Entity) -> i64 {
         self.table(entity).mirror_active
+    }
+
+    /// Delta pulls: the active counts, counted beside the pull ([`active_counts`]).
+    pub fn set_mirror_active(&mut self, counts: &BTreeMap<Entity, i64>) {
+        for (entity, n) in counts {
+            self.table_mut(*entity).mirror_active = *n;
+        }
     }
 
     /// Whether a usable record with this id already came in this pull (the first copy wins).
@@ -381,6 +380,26 @@ impl Table {
         self.entries.insert(key(&id), entry);
         Ok(())
     }
+}
+
+/// Active rows per entity in the district's mirror.
+pub async fn active_counts(
+    state: sqlx::PgPool,
+    district: String,
+) -> Result<BTreeMap<Entity, i64>, MirrorError> {
+    let mut counts = BTreeMap::new();
+    for entity in Entity::ALL {
+        let n: i64 = sqlx::query_scalar(sql!(
+            "SELECT count(*) FROM sync.mirror_{} WHERE district_id = $1 AND status = 'active'",
+            entity.as_str()
+        ))
+        .bind(&district)
+        .fetch_one(&state)
+        .await
+        .map_err(db("counting mirrored rows"))?;
+        counts.insert(entity, n);
+    }
+    Ok(counts)
 }
 
 /// Streams the lines of a `COPY (query) TO STDOUT` to `each`, without holding the output.

@@ -7,7 +7,7 @@
 //! operation) and `del_*` (ids deleted by absence or by the enrollment cascade). The store
 //! module applies those tables; [`advance`] then moves the mirror to match.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use std::io::Write as _;
 
@@ -546,10 +546,14 @@ pub async fn fingerprint(conn: &mut PgConnection) -> Result<String, MirrorError>
     .map_err(db("fingerprinting the change set"))
 }
 
-/// Moves the mirror to what was just applied: `apply_*` rows as they were stored, `del_*`
+/// Moves the mirror to what was just applied (for the `touched` entities): `apply_*` rows as they were stored, `del_*`
 /// rows as deleted (content unknown, so no hash: if the record comes back it is applied).
-pub async fn advance(conn: &mut PgConnection, district: &str) -> Result<(), MirrorError> {
-    for entity in Entity::ALL {
+pub async fn advance(
+    conn: &mut PgConnection,
+    district: &str,
+    touched: &BTreeSet<Entity>,
+) -> Result<(), MirrorError> {
+    for &entity in touched {
         let e = entity.as_str();
         let (extra_cols, extra_set) = if entity == Entity::Enrollments {
             (

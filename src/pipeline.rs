@@ -7,7 +7,7 @@
 //! Collections are pulled referenced types first (orgs, sessions, courses, classes,
 //! demographics, users, enrollments), so every reference is checked against a complete set.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write as _;
 
 use chrono::{DateTime, Utc};
@@ -156,6 +156,8 @@ pub struct Pipeline {
     skipped_enrollments: Vec<String>,
     /// Rows written to the change-set tables, counted as changes or not.
     pub written: u64,
+    /// The entities with rows in their change-set tables.
+    pub touched: BTreeSet<Entity>,
     /// The latest `dateLastModified` of a usable record.
     pub newest: Option<DateTime<Utc>>,
     /// Set when a delta pull cannot be completed as one (the run starts over with a full pull).
@@ -175,6 +177,7 @@ impl Pipeline {
             deactivated: BTreeMap::new(),
             skipped_enrollments: Vec::new(),
             written: 0,
+            touched: BTreeSet::new(),
             newest: None,
             needs_full: None,
             lines: Vec::with_capacity(1 << 20),
@@ -238,6 +241,7 @@ impl Pipeline {
         };
         let _ = writeln!(self.lines, "\t{hash}\t{}", write.op.as_str());
         self.written += 1;
+        self.touched.insert(entity);
         if write.counted {
             self.tally.count(entity, write.op, row.sourced_id());
         }
@@ -409,7 +413,8 @@ impl Pipeline {
                 sqlx::query_as(
                     "SELECT sourced_id, user_sourced_id, class_sourced_id FROM sync.mirror_enrollments
                      WHERE district_id = $1 AND status = 'active'
-                       AND (user_sourced_id = ANY($2) OR class_sourced_id = ANY($3))",
+                       AND (user_sourced_id IN (SELECT unnest($2::text[]))
+                            OR class_sourced_id IN (SELECT unnest($3::text[])))",
                 )
                 .bind(district)
                 .bind(&users)
@@ -459,6 +464,9 @@ impl Pipeline {
             self.tally.count(entity, Op::Delete, id);
         }
         self.written += ids.len() as u64;
+        if !ids.is_empty() {
+            self.touched.insert(entity);
+        }
         mirror::copy_deleted(conn, entity, &ids).await
     }
 }

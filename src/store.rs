@@ -21,7 +21,7 @@
 //! then rebuilds the mirror from what it applied. A crash before 2 commits changes nothing in
 //! the store, and the same reconcile is harmless.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use sqlx::{Executor, PgConnection};
 
@@ -42,9 +42,14 @@ fn db(doing: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |source| StoreError::Database { doing, source }
 }
 
-/// Applies `apply_*` and `del_*` to `roster.*` for one district, on the caller's transaction.
-pub async fn apply(conn: &mut PgConnection, district: &str) -> Result<(), StoreError> {
-    for entity in Entity::ALL {
+/// Applies `apply_*` and `del_*` of the `touched` entities (those with rows in them) to
+/// `roster.*` for one district, on the caller's transaction.
+pub async fn apply(
+    conn: &mut PgConnection,
+    district: &str,
+    touched: &BTreeSet<Entity>,
+) -> Result<(), StoreError> {
+    for &entity in touched {
         let e = entity.as_str();
         let cols = column_list(entity, "");
         let from_apply = column_list(entity, "a.");

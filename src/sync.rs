@@ -4,7 +4,7 @@
 //! written to the roster store or the mirror unless the whole pull completed and passed its
 //! checks; every run, whatever its outcome, leaves a row in `sync.runs` and one summary log line.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -328,6 +328,14 @@ async fn cycle_in_session(
         DiffMode::Mirror
     };
     let mut since = delta_since(options, district, &state, mode);
+    // A delta pull does not load the mirror, so its active counts (for the safety limits) are
+    // counted beside the pull.
+    let counting = since.map(|_| {
+        tokio::spawn(crate::diff::active_counts(
+            dbs.state.clone(),
+            district.id.clone(),
+        ))
+    });
     let phase = Instant::now();
     let mut pipeline = loop {
         match since {
@@ -357,6 +365,14 @@ async fn cycle_in_session(
     };
     run.full_pull = since.is_none();
     run.timed("pull", phase);
+    if let Some(counting) = counting
+        && !run.full_pull
+    {
+        let counts = counting
+            .await
+            .map_err(|e| SyncError::Internal(format!("counting mirrored rows failed: {e}")))??;
+        pipeline.index.set_mirror_active(&counts);
+    }
 
     // Fail closed: an empty collection is never read as "everyone left". A delta pull is
     // empty whenever nothing changed, and deletes nothing by absence.
@@ -428,14 +444,14 @@ async fn cycle_in_session(
 
     let phase = Instant::now();
     if dbs.store_is_separate {
-        apply_separate(dbs, &district.id, run_id, mode, session).await?;
+        apply_separate(dbs, &district.id, run_id, mode, &pipeline.touched, session).await?;
     } else {
         let mut tx = session
             .begin()
             .await
             .map_err(db("starting the apply transaction"))?;
-        store::apply(&mut tx, &district.id).await?;
-        mirror::advance(&mut tx, &district.id).await?;
+        store::apply(&mut tx, &district.id, &pipeline.touched).await?;
+        mirror::advance(&mut tx, &district.id, &pipeline.touched).await?;
         tx.commit()
             .await
             .map_err(db("committing the apply transaction"))?;
@@ -520,6 +536,7 @@ async fn apply_separate(
     district: &str,
     run_id: Uuid,
     mode: DiffMode,
+    touched: &BTreeSet<Entity>,
     session: &mut PgConnection,
 ) -> Result<(), SyncError> {
     sqlx::query("UPDATE sync.districts SET pending_run_id = $2, pending_since = now() WHERE district_id = $1")
@@ -536,7 +553,7 @@ async fn apply_separate(
             .await
             .map_err(db("starting the store transaction"))?;
         store::transfer(session, &mut tx).await?;
-        store::apply(&mut tx, district).await?;
+        store::apply(&mut tx, district, touched).await?;
         let gone = match mode {
             DiffMode::Reconcile => store::reconcile_absent(&mut tx, district).await?,
             DiffMode::Mirror => BTreeMap::new(),
@@ -554,10 +571,12 @@ async fn apply_separate(
         .begin()
         .await
         .map_err(db("starting the mirror transaction"))?;
+    let mut touched = touched.clone();
     for (entity, ids) in gone {
         if ids.is_empty() {
             continue;
         }
+        touched.insert(entity);
         sqlx::query(sql!(
             "INSERT INTO del_{} SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
             entity.as_str()
@@ -567,7 +586,7 @@ async fn apply_separate(
         .await
         .map_err(db("recording reconciled deletions"))?;
     }
-    mirror::advance(&mut tx, district).await?;
+    mirror::advance(&mut tx, district, &touched).await?;
     sqlx::query("UPDATE sync.districts SET pending_run_id = NULL, pending_since = NULL WHERE district_id = $1")
         .bind(district)
         .execute(&mut *tx)
