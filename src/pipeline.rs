@@ -377,6 +377,7 @@ impl Pipeline {
     pub async fn finish(
         &mut self,
         conn: &mut PgConnection,
+        store: &PgPool,
         district: &str,
     ) -> Result<(), MirrorError> {
         for entity in Entity::ALL {
@@ -410,16 +411,17 @@ impl Pipeline {
             if users.is_empty() && classes.is_empty() {
                 Vec::new()
             } else {
+                // The store's indexes find a user's or a class's enrollments; a delta runs only
+                // when the store and the mirror agree.
                 sqlx::query_as(
-                    "SELECT sourced_id, user_sourced_id, class_sourced_id FROM sync.mirror_enrollments
+                    "SELECT sourced_id, user_sourced_id, class_sourced_id FROM roster.enrollments
                      WHERE district_id = $1 AND status = 'active'
-                       AND (user_sourced_id IN (SELECT unnest($2::text[]))
-                            OR class_sourced_id IN (SELECT unnest($3::text[])))",
+                       AND (user_sourced_id = ANY($2) OR class_sourced_id = ANY($3))",
                 )
                 .bind(district)
                 .bind(&users)
                 .bind(&classes)
-                .fetch_all(&mut *conn)
+                .fetch_all(store)
                 .await
                 .map_err(db("finding the enrollments of deleted users and classes"))?
             }

@@ -387,7 +387,7 @@ async fn cycle_in_session(
     }
 
     let phase = Instant::now();
-    pipeline.finish(session, &district.id).await?;
+    pipeline.finish(session, &dbs.store, &district.id).await?;
     mirror::seal_run_tables(session).await?;
     run.timed("diff", phase);
     let changes = pipeline.tally.counts.clone();
