@@ -440,7 +440,7 @@ fn print_report(report: &RunReport, format: Format) -> anyhow::Result<()> {
 /// The run report as a table, for people.
 pub fn render_report(r: &RunReport) -> String {
     let mut out = format!(
-        "district {} run {}: {}{} in {} ms\n",
+        "district {} run {}: {}{} in {} ms ({} pull)\n",
         r.district,
         r.run_id,
         r.outcome.as_str(),
@@ -449,7 +449,8 @@ pub fn render_report(r: &RunReport) -> String {
         } else {
             ""
         },
-        r.duration_ms
+        r.duration_ms,
+        if r.full_pull { "full" } else { "delta" }
     );
     out.push_str(&format!(
         "{:<18} {:>9} {:>9} {:>9} {:>11} {:>9} {:>9}\n",

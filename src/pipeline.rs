@@ -162,6 +162,8 @@ pub struct Pipeline {
     pub newest: Option<DateTime<Utc>>,
     /// Set when a delta pull cannot be completed as one (the run starts over with a full pull).
     pub needs_full: Option<String>,
+    /// Delta pulls: the `dateLastModified` bound sent to the server.
+    pub since: Option<DateTime<Utc>>,
     lines: Vec<u8>,
     skipped: Vec<Skipped>,
 }
@@ -180,6 +182,7 @@ impl Pipeline {
             touched: BTreeSet::new(),
             newest: None,
             needs_full: None,
+            since: None,
             lines: Vec::with_capacity(1 << 20),
             skipped: Vec::new(),
         }
@@ -208,9 +211,23 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Checks, settles, hashes and classifies one record; a changed row is buffered as a COPY
-    /// line for `apply_*`.
-    pub fn accept<R: Pulled>(&mut self, mut row: R) {
+    /// Checks, settles, hashes and classifies one pulled record; a changed row is buffered as
+    /// a COPY line for `apply_*`.
+    pub fn accept<R: Pulled>(&mut self, row: R) {
+        // A server that ignores the filter sends everything: its "delta" would be read as
+        // complete changes while deletions by absence go unseen.
+        if let Some(since) = self.since
+            && row.modified().is_none_or(|t| t <= since)
+        {
+            self.needs_full.get_or_insert_with(|| {
+                "the server sent records not modified since the watermark (it does not apply the dateLastModified filter)".into()
+            });
+        }
+        self.accept_row(row);
+    }
+
+    /// [`Pipeline::accept`] for a row rebuilt from the store (its dates are old by nature).
+    fn accept_row<R: Pulled>(&mut self, mut row: R) {
         let entity = R::ENTITY;
         let key = diff::key(row.sourced_id());
         if self.index.is_duplicate(entity, key) {
@@ -349,7 +366,7 @@ impl Pipeline {
             for mut user in stored_users(store, district, &ids).await? {
                 if let Some(demo) = self.demographics.get(&diff::key(&user.sourced_id)) {
                     user.demographics = *demo;
-                    self.accept(user);
+                    self.accept_row(user);
                 }
             }
         }

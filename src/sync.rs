@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use futures_util::TryStreamExt;
 use serde::Serialize;
 use sqlx::{Connection, Executor, PgConnection};
@@ -195,6 +195,7 @@ pub async fn run_once(
             started_at,
             full_pull: true,
             watermark: None,
+            upstream_counts: None,
         };
         for entity in Entity::ALL {
             run.counts.insert(entity, EntityCounts::default());
@@ -246,6 +247,8 @@ struct Run {
     full_pull: bool,
     /// The newest `dateLastModified` pulled.
     watermark: Option<DateTime<Utc>>,
+    /// What `sync.districts.upstream_counts` becomes if the run succeeds.
+    upstream_counts: Option<BTreeMap<String, i64>>,
 }
 
 impl Run {
@@ -337,6 +340,19 @@ async fn cycle_in_session(
         ))
     });
     let phase = Instant::now();
+    // What the server holds per collection, to tell whether records were purged since the
+    // last full pull (a delta cannot see them go).
+    let totals = match since {
+        Some(_) => match upstream_totals(client).await {
+            Ok(totals) => Some(totals),
+            Err(e) => {
+                warn!(error = %error_chain(&e), "could not read the collection totals: pulling everything");
+                since = None;
+                None
+            }
+        },
+        None => None,
+    };
     let mut pipeline = loop {
         match since {
             Some(t) => {
@@ -355,7 +371,14 @@ async fn cycle_in_session(
             state.hash_version == Some(HASH_VERSION),
         )
         .await?;
-        match (&pipeline.needs_full, since) {
+        let needs_full = match (&pipeline.needs_full, &totals) {
+            (Some(reason), _) => Some(reason.clone()),
+            (None, Some(totals)) if since.is_some() => {
+                purged(totals, state.upstream_counts.as_deref(), &pipeline.tally)
+            }
+            _ => None,
+        };
+        match (needs_full, since) {
             (Some(reason), Some(_)) => {
                 warn!(reason = %reason, "delta pull abandoned ({reason}): pulling everything");
                 since = None;
@@ -365,6 +388,22 @@ async fn cycle_in_session(
     };
     run.full_pull = since.is_none();
     run.timed("pull", phase);
+    run.upstream_counts = Some(if run.full_pull {
+        run.counts
+            .iter()
+            .map(|(e, c)| (e.as_str().to_owned(), c.fetched))
+            .collect()
+    } else {
+        let mut counts = state
+            .upstream_counts
+            .as_deref()
+            .cloned()
+            .unwrap_or_default();
+        for (e, c) in &pipeline.tally.counts {
+            *counts.entry(e.as_str().to_owned()).or_default() += c.created;
+        }
+        counts
+    });
     if let Some(counting) = counting
         && !run.full_pull
     {
@@ -625,6 +664,7 @@ async fn pull_snapshot(
         .await?;
         run.timed("index", phase);
         let mut pipeline = Pipeline::new(index, SAMPLE_IDS);
+        pipeline.since = since.map(|t| t.trunc_subsecs(0));
         for c in run.counts.values_mut() {
             *c = EntityCounts::default();
         }
@@ -636,7 +676,8 @@ async fn pull_snapshot(
             filter: since.map(|t| {
                 format!(
                     "dateLastModified>'{}'",
-                    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    t.trunc_subsecs(0)
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
                 )
             }),
         };
@@ -959,6 +1000,50 @@ where
     staged
 }
 
+/// How many records the server holds per collection (one one-record request each).
+async fn upstream_totals(client: &OneRosterClient) -> Result<BTreeMap<Entity, i64>, FetchError> {
+    use oneroster::wire;
+    let (orgs, sessions, courses, classes, users, enrollments) = tokio::try_join!(
+        client.total::<wire::Org>(Endpoint::Orgs),
+        client.total::<wire::AcademicSession>(Endpoint::AcademicSessions),
+        client.total::<wire::Course>(Endpoint::Courses),
+        client.total::<wire::Class>(Endpoint::Classes),
+        client.total::<wire::User>(Endpoint::Users),
+        client.total::<wire::Enrollment>(Endpoint::Enrollments),
+    )?;
+    Ok(BTreeMap::from(
+        [
+            (Entity::Orgs, orgs),
+            (Entity::AcademicSessions, sessions),
+            (Entity::Courses, courses),
+            (Entity::Classes, classes),
+            (Entity::Users, users),
+            (Entity::Enrollments, enrollments),
+        ]
+        .map(|(e, n)| (e, n as i64)),
+    ))
+}
+
+/// Why a delta cannot be trusted for deletions, if it cannot: a collection holds fewer records
+/// than the last full pull found plus what deltas (this one included) created since, so some
+/// were purged without ever being `tobedeleted`.
+fn purged(
+    totals: &BTreeMap<Entity, i64>,
+    upstream: Option<&BTreeMap<String, i64>>,
+    tally: &crate::diff::Tally,
+) -> Option<String> {
+    let upstream = upstream?;
+    totals.iter().find_map(|(entity, &total)| {
+        let known = upstream.get(entity.as_str()).copied().unwrap_or(0)
+            + tally.counts.get(entity).map_or(0, |c| c.created);
+        (total < known).then(|| {
+            format!(
+                "the server holds {total} {entity}, fewer than the {known} known since the last full pull: records were purged"
+            )
+        })
+    })
+}
+
 /// What the run needs to know of its district before it starts.
 #[derive(Default, sqlx::FromRow)]
 struct DistrictState {
@@ -967,6 +1052,8 @@ struct DistrictState {
     delta_watermark: Option<DateTime<Utc>>,
     /// The row-hash definition the mirror was written with.
     hash_version: Option<i32>,
+    /// Records per collection upstream at the last full pull, plus creations since.
+    upstream_counts: Option<sqlx::types::Json<BTreeMap<String, i64>>>,
     /// A change set is held: runs pull everything until it is applied or superseded, so the
     /// approved set can come back exactly as it was held.
     holding: bool,
@@ -974,7 +1061,7 @@ struct DistrictState {
 
 async fn district_state(dbs: &Databases, district: &str) -> Result<DistrictState, SyncError> {
     let state: Option<DistrictState> = sqlx::query_as(
-        "SELECT pending_run_id, last_full_pull_at, delta_watermark, hash_version,
+        "SELECT pending_run_id, last_full_pull_at, delta_watermark, hash_version, upstream_counts,
                 EXISTS (SELECT 1 FROM sync.held_change_sets h
                         WHERE h.district_id = d.district_id AND h.released_at IS NULL) AS holding
          FROM sync.districts d WHERE district_id = $1",
@@ -1001,7 +1088,10 @@ fn delta_since(
         "the store may be ahead of the mirror"
     } else if state.holding {
         "a change set is held for approval"
-    } else if state.last_full_pull_at.is_none() || state.delta_watermark.is_none() {
+    } else if state.last_full_pull_at.is_none()
+        || state.delta_watermark.is_none()
+        || state.upstream_counts.is_none()
+    {
         "no complete pull yet"
     } else if state.hash_version != Some(HASH_VERSION) {
         "the mirror's row hashes are of another version"
@@ -1032,6 +1122,7 @@ async fn mark_success(
              last_full_pull_at = CASE WHEN $3 THEN $5 ELSE last_full_pull_at END,
              delta_watermark = CASE WHEN $3 THEN coalesce($4, delta_watermark)
                                     ELSE greatest(delta_watermark, $4) END,
+             upstream_counts = coalesce($6, upstream_counts),
              last_revision = $2, consecutive_failures = 0
          WHERE district_id = $1",
     )
@@ -1040,6 +1131,7 @@ async fn mark_success(
     .bind(run.full_pull)
     .bind(watermark)
     .bind(run.started_at)
+    .bind(run.upstream_counts.as_ref().map(sqlx::types::Json))
     .execute(&dbs.state)
     .await
     .map_err(db("recording the district's success"))?;

@@ -15,3 +15,8 @@ ALTER TABLE sync.mirror_enrollments ALTER COLUMN hash TYPE bigint USING NULL;
 -- start.
 ALTER TABLE sync.districts ADD COLUMN IF NOT EXISTS delta_watermark timestamptz;
 ALTER TABLE sync.districts ADD COLUMN IF NOT EXISTS hash_version integer;
+
+-- How many records of each type the server held at the last full pull, plus what deltas have
+-- created since: a delta whose collection totals come out lower saw purges, and a full pull
+-- follows at once.
+ALTER TABLE sync.districts ADD COLUMN IF NOT EXISTS upstream_counts jsonb;

@@ -38,6 +38,10 @@ pub struct Faults {
     /// Answer 400 `invalid_selection_field` to any request with `fields=` (servers that do not
     /// support field selection).
     pub reject_fields: bool,
+    /// Answer 400 `invalid_filter_field` to any request with `filter=`.
+    pub reject_filter: bool,
+    /// Accept `filter=` and ignore it: the whole collection, as some servers do.
+    pub ignore_filter: bool,
 }
 
 impl Default for Faults {
@@ -56,6 +60,8 @@ impl Default for Faults {
             status_for: None,
             page_cap: None,
             reject_fields: false,
+            reject_filter: false,
+            ignore_filter: false,
         }
     }
 }

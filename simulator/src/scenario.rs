@@ -20,6 +20,12 @@ pub enum Scenario {
         #[serde(default)]
         seed: u64,
     },
+    /// The same day without purges: users and enrollments that would vanish are marked
+    /// `tobedeleted` instead, so a delta pull (`dateLastModified` filter) sees every change.
+    DayOfEdits {
+        #[serde(default)]
+        seed: u64,
+    },
     /// Semester 1 ends: enrollments of semester-1-only classes are purged, those classes marked.
     TermRollover,
     /// Every collection answers 200 with no records until `Restore`.
@@ -86,11 +92,12 @@ impl ChangeLog {
     }
 }
 
-/// Applies a data-changing scenario (`DayOfChurn`, `TermRollover`) to the data set.
+/// Applies a data-changing scenario (`DayOfChurn`, `DayOfEdits`, `TermRollover`) to the data set.
 /// `Outage`/`Restore` do not touch data and return an empty log.
 pub fn apply(data: &mut Dataset, scenario: &Scenario) -> ChangeLog {
     let log = match scenario {
-        Scenario::DayOfChurn { seed } => day_of_churn(data, *seed),
+        Scenario::DayOfChurn { seed } => day_of_churn(data, *seed, true),
+        Scenario::DayOfEdits { seed } => day_of_churn(data, *seed, false),
         Scenario::TermRollover => term_rollover(data),
         Scenario::Outage | Scenario::Restore => ChangeLog::default(),
     };
@@ -127,7 +134,7 @@ fn term_rollover(data: &mut Dataset) -> ChangeLog {
 /// Keeps the churn's random stream apart from the generator's for the same seed.
 const CHURN_SALT: u64 = 0x9e37_79b9_7f4a_7c15;
 
-fn day_of_churn(data: &mut Dataset, seed: u64) -> ChangeLog {
+fn day_of_churn(data: &mut Dataset, seed: u64, purges: bool) -> ChangeLog {
     let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(CHURN_SALT));
     let mut log = ChangeLog::default();
     let now = data.next_timestamp();
@@ -148,8 +155,11 @@ fn day_of_churn(data: &mut Dataset, seed: u64) -> ChangeLog {
             .collect()
     };
     let to_update = take(portion);
-    let to_mark = take(quarter);
-    let to_purge = take(quarter);
+    let mut to_mark = take(quarter);
+    let mut to_purge = take(quarter);
+    if !purges {
+        to_mark.append(&mut to_purge);
+    }
     let to_drop_enrollment = take(portion);
     let to_add_enrollment = take(portion);
     let demo_imported = take(quarter);
@@ -204,8 +214,9 @@ fn day_of_churn(data: &mut Dataset, seed: u64) -> ChangeLog {
     let mut taken: HashMap<String, HashSet<String>> = HashMap::new();
     let drop_one: HashSet<&String> = to_drop_enrollment.iter().collect();
     let mut dropped_for = HashSet::new();
+    let mut enrollments_marked = Vec::new();
     let enrollments_purged = &mut log.entry(Collection::Enrollments).purged;
-    data.enrollments.retain(|e| {
+    data.enrollments.retain_mut(|e| {
         if adding.contains(&e.user) {
             taken
                 .entry(e.user.clone())
@@ -217,11 +228,20 @@ fn day_of_churn(data: &mut Dataset, seed: u64) -> ChangeLog {
         let drop = drop_one.contains(&e.user)
             && e.status == Status::Active
             && dropped_for.insert(e.user.clone());
+        if drop && !purges {
+            e.status = Status::ToBeDeleted;
+            e.date_last_modified = now;
+            enrollments_marked.push(e.sourced_id.clone());
+            return true;
+        }
         if purge_all || drop {
             enrollments_purged.push(e.sourced_id.clone());
         }
         !(purge_all || drop)
     });
+    log.entry(Collection::Enrollments)
+        .marked_tobedeleted
+        .append(&mut enrollments_marked);
 
     let mut classes_by_school: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, c) in data.classes.iter().enumerate() {

@@ -681,7 +681,20 @@ fn list_page(
     raw_query: Option<&str>,
     truncate: bool,
 ) -> Result<Response, ImsxError> {
-    let q = parse_list_query(raw_query)?;
+    let mut q = parse_list_query(raw_query)?;
+    let (reject_filter, ignore_filter) = {
+        let faults = &sim.control().faults.faults;
+        (faults.reject_filter, faults.ignore_filter)
+    };
+    if q.filter.is_some() && reject_filter {
+        return Err(ImsxError::bad_request(
+            "invalid_filter_field",
+            "filtering is not supported".to_string(),
+        ));
+    }
+    if ignore_filter {
+        q.filter = None;
+    }
     if q.fields.is_some() && sim.control().faults.faults.reject_fields {
         return Err(ImsxError::bad_request(
             "invalid_selection_field",

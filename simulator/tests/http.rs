@@ -680,6 +680,38 @@ async fn day_of_churn_log_matches_the_data() {
 }
 
 #[tokio::test]
+async fn a_day_of_edits_purges_nothing_and_dates_every_change() {
+    let mut counts = Counts::tiny();
+    counts.students = 400;
+    let sim = spawn(SimConfig::new(11, counts)).await.unwrap();
+    let before = sim.snapshot();
+    let log = sim.apply(Scenario::DayOfEdits { seed: 1 });
+    let after = sim.snapshot();
+    check_log(&before, &after, &log);
+    for c in [Collection::Users, Collection::Enrollments] {
+        assert!(log.of(c).purged.is_empty(), "{c:?}");
+        assert!(!log.of(c).marked_tobedeleted.is_empty(), "{c:?}");
+        assert!(!log.of(c).created.is_empty(), "{c:?}");
+    }
+    // Every changed record carries a dateLastModified after everything that was there before.
+    let newest = before
+        .enrollments
+        .iter()
+        .map(|e| e.date_last_modified)
+        .chain(before.users.iter().map(|u| u.date_last_modified))
+        .max()
+        .unwrap();
+    for id in log.of(Collection::Enrollments).marked_tobedeleted {
+        let e = after
+            .enrollments
+            .iter()
+            .find(|e| e.sourced_id == id)
+            .unwrap();
+        assert!(e.date_last_modified > newest);
+    }
+}
+
+#[tokio::test]
 async fn term_rollover_purges_semester_one() {
     let sim = tiny(12).await;
     let before = sim.snapshot();

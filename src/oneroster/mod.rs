@@ -251,9 +251,14 @@ impl OneRosterClient {
             })
     }
 
-    fn params(&self, offset: usize, query: &PullQuery) -> Vec<(&'static str, String)> {
+    fn params(
+        &self,
+        offset: usize,
+        limit: usize,
+        query: &PullQuery,
+    ) -> Vec<(&'static str, String)> {
         let mut params = vec![
-            ("limit", self.page_size.to_string()),
+            ("limit", limit.to_string()),
             ("offset", offset.to_string()),
             ("sort", "sourcedId".to_owned()),
             ("orderBy", "asc".to_owned()),
@@ -267,6 +272,14 @@ impl OneRosterClient {
         params
     }
 
+    /// How many records the server holds in a collection (`X-Total-Count` of a one-record page,
+    /// unfiltered).
+    pub async fn total<T: WireRecord>(&self, endpoint: Endpoint) -> Result<usize, FetchError> {
+        self.fetch_sized::<T>(endpoint, &PullQuery::default(), 0, None, 1)
+            .await
+            .map(|page| page.total)
+    }
+
     /// One page, with retries of transient failures and one token refresh on a 401.
     async fn fetch_page<T: WireRecord>(
         &self,
@@ -275,8 +288,20 @@ impl OneRosterClient {
         offset: usize,
         known_total: Option<usize>,
     ) -> Result<Page<T>, FetchError> {
+        self.fetch_sized(endpoint, query, offset, known_total, self.page_size)
+            .await
+    }
+
+    async fn fetch_sized<T: WireRecord>(
+        &self,
+        endpoint: Endpoint,
+        query: &PullQuery,
+        offset: usize,
+        known_total: Option<usize>,
+        limit: usize,
+    ) -> Result<Page<T>, FetchError> {
         let url = format!("{}/{}", self.base, endpoint.path());
-        let params = self.params(offset, query);
+        let params = self.params(offset, limit, query);
         let full_url = format!("{url}?{}", oauth1::query_string(&params));
         let mut attempt: u32 = 0;
         let mut refreshed = false;
@@ -288,7 +313,14 @@ impl OneRosterClient {
                 .await?;
             let started = std::time::Instant::now();
             let outcome = self
-                .attempt::<T>(endpoint, &full_url, credential.header, offset, known_total)
+                .attempt::<T>(
+                    endpoint,
+                    &full_url,
+                    credential.header,
+                    offset,
+                    known_total,
+                    limit,
+                )
                 .await;
             self.request_micros
                 .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -361,6 +393,7 @@ impl OneRosterClient {
         authorization: secrecy::SecretString,
         offset: usize,
         known_total: Option<usize>,
+        limit: usize,
     ) -> Result<Attempt<T>, FetchError> {
         let mut auth_value = HeaderValue::from_str(authorization.expose_secret())
             .map_err(|_| FetchError::InvalidConfig("credential is not a valid header".into()))?;
@@ -452,7 +485,7 @@ impl OneRosterClient {
                 });
             }
         };
-        let page = check_page(endpoint, &headers, offset, self.page_size, known_total, len)?;
+        let page = check_page(endpoint, &headers, offset, limit, known_total, len)?;
         Ok(Attempt::Done(Page {
             offset,
             total: page.total,

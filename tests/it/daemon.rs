@@ -120,22 +120,24 @@ struct RunRow {
     started: DateTime<Utc>,
     finished: Option<DateTime<Utc>>,
     outcome: String,
+    full_pull: bool,
 }
 
 async fn runs(db: &TestDb, district: &str) -> Vec<RunRow> {
     let mut conn = db.connect().await;
-    let rows: Vec<(DateTime<Utc>, Option<DateTime<Utc>>, String)> = sqlx::query_as(
-        "SELECT started_at, finished_at, outcome FROM sync.runs WHERE district_id = $1 ORDER BY started_at",
+    let rows: Vec<(DateTime<Utc>, Option<DateTime<Utc>>, String, bool)> = sqlx::query_as(
+        "SELECT started_at, finished_at, outcome, full_pull FROM sync.runs WHERE district_id = $1 ORDER BY started_at",
     )
     .bind(district)
     .fetch_all(&mut conn)
     .await
     .unwrap();
     rows.into_iter()
-        .map(|(started, finished, outcome)| RunRow {
+        .map(|(started, finished, outcome, full_pull)| RunRow {
             started,
             finished,
             outcome,
+            full_pull,
         })
         .collect()
 }
@@ -387,9 +389,16 @@ async fn two_replicas_sync_each_district_once_per_interval() {
             "{district}: {} runs in {window:.1}s with interval {interval}s (at most {most})",
             rows.len()
         );
-        // The simulator saw exactly one pull per recorded run (one orgs page per pull).
+        // The simulator saw exactly one pull per recorded run: one orgs page per pull, and for
+        // a delta pull one more orgs request for the collection's total. The first run pulls
+        // everything; the others, between full pulls, deltas.
+        assert!(
+            rows[0].full_pull && rows[1..].iter().all(|r| !r.full_pull),
+            "{rows:?}"
+        );
         let orgs = sim.stats().per_collection.get("orgs").copied().unwrap_or(0);
-        assert_eq!(orgs, rows.len() as u64, "{district}: orgs requests vs runs");
+        let expected: usize = rows.iter().map(|r| if r.full_pull { 1 } else { 2 }).sum();
+        assert_eq!(orgs, expected as u64, "{district}: orgs requests vs runs");
         // And the two processes' logs account for exactly those runs.
         let summaries = [&one, &two]
             .iter()

@@ -3,9 +3,7 @@
 //! pull, which alone deletes by absence. Also: the store-side paths the in-memory diff relies
 //! on (rows the mirror does not know, mirror hashes of another version).
 
-use std::collections::BTreeSet;
-
-use oneroster_sim::{Collection, Counts, Scenario, Status, Tier};
+use oneroster_sim::{Collection, Counts, Faults, Scenario, Status, Tier};
 use oneroster_sync::domain::Entity;
 use oneroster_sync::sync::{Outcome, RunOptions, RunReport};
 use serde_json::json;
@@ -30,15 +28,22 @@ fn small() -> Counts {
 }
 
 #[tokio::test]
-async fn a_delta_lands_what_changed_and_the_next_full_pull_catches_purges() {
+async fn a_delta_lands_a_day_of_edits_exactly_and_purges_make_it_a_full_pull() {
     let h = Harness::new(small()).await;
     // No watermark yet: the first run pulls everything even when a delta is allowed.
     let first = delta(&h).await;
     assert_eq!(first.outcome, Outcome::Applied, "{first:?}");
     assert!(first.full_pull);
-    let before = store_rows(&h.db, DISTRICT).await;
 
-    let log = h.sim.apply(Scenario::DayOfChurn { seed: 11 });
+    // A day of edits (creates, updates, tobedeleted users and enrollments, demographics):
+    // the delta pulls a few records and the store ends exactly where a full pull would.
+    let before = store_rows(&h.db, DISTRICT).await;
+    let log = h.sim.apply(Scenario::DayOfEdits { seed: 11 });
+    assert!(
+        !log.of(Collection::Enrollments)
+            .marked_tobedeleted
+            .is_empty()
+    );
     let ds = h.sim.snapshot();
     let report = delta(&h).await;
     assert_eq!(report.outcome, Outcome::Applied, "{report:?}");
@@ -49,50 +54,58 @@ async fn a_delta_lands_what_changed_and_the_next_full_pull_catches_purges() {
         "a delta pulls few users, got {fetched} of {}",
         ds.users.len()
     );
+    assert!(report.counts[&Entity::Users].created > 0);
+    assert!(report.counts[&Entity::Enrollments].deleted > 0);
+    assert_store_eq(&store_rows(&h.db, DISTRICT).await, &expected(&ds, &before));
 
-    // Everything still upstream is stored as a full pull would store it; purged records (and
-    // enrollments of purged users or classes) keep the row they had.
-    let full = expected(&ds, &before);
-    let purged: BTreeSet<String> = [
-        Collection::Users,
-        Collection::Classes,
-        Collection::Enrollments,
-    ]
-    .into_iter()
-    .flat_map(|c| log.of(c).purged)
-    .collect();
-    assert!(!purged.is_empty());
-    let rows = store_rows(&h.db, DISTRICT).await;
-    for (table, want) in &full {
-        for (id, row) in want {
-            let orphan = table == &"enrollments"
-                && (purged.contains(row["user_sourced_id"].as_str().unwrap_or_default())
-                    || purged.contains(row["class_sourced_id"].as_str().unwrap_or_default()));
-            let expected_row = if purged.contains(id) || orphan {
-                &before[*table][id]
-            } else {
-                row
-            };
-            assert_eq!(&rows[*table][id], expected_row, "{table} {id}");
-        }
-        assert_eq!(rows[*table].len(), want.len(), "{table}");
-    }
-
-    // The next full pull deletes the purged records (and cascades), landing exactly where a
-    // full pull after the churn would have.
-    let report = h.sync().await;
+    // A day of churn purges records (gone without ever being tobedeleted). A delta cannot see
+    // them go, but the collection totals come out short: the run pulls everything at once.
+    let before = store_rows(&h.db, DISTRICT).await;
+    let log = h.sim.apply(Scenario::DayOfChurn { seed: 12 });
+    assert!(!log.of(Collection::Users).purged.is_empty());
+    let report = delta(&h).await;
     assert_eq!(report.outcome, Outcome::Applied, "{report:?}");
-    assert!(report.full_pull);
-    assert_eq!(
-        report.counts[&Entity::Users].deleted,
-        log.of(Collection::Users).purged.len() as i64
+    assert!(report.full_pull, "purges turn the delta into a full pull");
+    assert!(report.counts[&Entity::Users].deleted >= log.of(Collection::Users).purged.len() as i64);
+    assert_store_eq(
+        &store_rows(&h.db, DISTRICT).await,
+        &expected(&h.sim.snapshot(), &before),
     );
-    assert_store_eq(&store_rows(&h.db, DISTRICT).await, &full);
 
     // Nothing changed since: a delta pulls almost nothing and writes nothing.
     let report = delta(&h).await;
     assert_eq!(report.outcome, Outcome::NothingToDo, "{report:?}");
     assert!(!report.full_pull);
+}
+
+#[tokio::test]
+async fn a_server_that_ignores_or_refuses_the_filter_gets_full_pulls() {
+    let h = Harness::new(Counts::tiny()).await;
+    assert_eq!(delta(&h).await.outcome, Outcome::Applied);
+
+    // Ignored: every record comes back, old ones included. Read as a delta it would hide
+    // purges for good; the old dates give the server away and the run pulls everything.
+    h.sim.set_faults(Faults {
+        ignore_filter: true,
+        ..Faults::default()
+    });
+    let report = delta(&h).await;
+    assert_eq!(report.outcome, Outcome::NothingToDo, "{report:?}");
+    assert!(report.full_pull, "{report:?}");
+
+    // Refused (400 invalid_filter_field): a full pull instead of a failed run, which also
+    // deletes a record purged upstream.
+    let gone = h.sim.with_data(|ds| ds.users.pop().unwrap().sourced_id);
+    h.sim.set_faults(Faults {
+        reject_filter: true,
+        ..Faults::default()
+    });
+    let report = delta(&h).await;
+    assert_eq!(report.outcome, Outcome::Applied, "{report:?}");
+    assert!(report.full_pull);
+    assert!(h.sim.stats().per_status.get(&400).copied().unwrap_or(0) >= 1);
+    let rows = store_rows(&h.db, DISTRICT).await;
+    assert_eq!(rows["users"][&gone]["status"], "deleted");
 }
 
 #[tokio::test]
@@ -393,20 +406,24 @@ async fn the_s_district_through_fulls_and_deltas_matches_the_contract_row_for_ro
         &expected(&h.sim.snapshot(), &before),
     );
 
-    // And a day of churn through a delta, then the full pull that catches its purges.
-    let before = store_rows(&h.db, DISTRICT).await;
-    h.sim.apply(Scenario::DayOfChurn { seed: 22 });
-    let report = h.sync_with(RunOptions {
-        allow_delta: true,
-        ..RunOptions::default()
-    });
-    let report = report.await;
-    assert_eq!(report.outcome, Outcome::Applied, "{report:?}");
-    assert!(!report.full_pull);
-    let report = h.sync().await;
-    assert_eq!(report.outcome, Outcome::Applied, "{report:?}");
-    assert_store_eq(
-        &store_rows(&h.db, DISTRICT).await,
-        &expected(&h.sim.snapshot(), &before),
-    );
+    // A day of edits through a delta, and a day of churn whose purges turn the delta into a
+    // full pull.
+    for (scenario, full) in [
+        (Scenario::DayOfEdits { seed: 22 }, false),
+        (Scenario::DayOfChurn { seed: 23 }, true),
+    ] {
+        let before = store_rows(&h.db, DISTRICT).await;
+        h.sim.apply(scenario);
+        let report = h.sync_with(RunOptions {
+            allow_delta: true,
+            ..RunOptions::default()
+        });
+        let report = report.await;
+        assert_eq!(report.outcome, Outcome::Applied, "{report:?}");
+        assert_eq!(report.full_pull, full);
+        assert_store_eq(
+            &store_rows(&h.db, DISTRICT).await,
+            &expected(&h.sim.snapshot(), &before),
+        );
+    }
 }
