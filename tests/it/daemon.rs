@@ -115,7 +115,7 @@ fn district_of(line: &Value) -> &str {
         .unwrap_or("")
 }
 
-#[derive(Debug)]
+#[derive(Debug, sqlx::FromRow)]
 struct RunRow {
     started: DateTime<Utc>,
     finished: Option<DateTime<Utc>>,
@@ -125,21 +125,14 @@ struct RunRow {
 
 async fn runs(db: &TestDb, district: &str) -> Vec<RunRow> {
     let mut conn = db.connect().await;
-    let rows: Vec<(DateTime<Utc>, Option<DateTime<Utc>>, String, bool)> = sqlx::query_as(
-        "SELECT started_at, finished_at, outcome, full_pull FROM sync.runs WHERE district_id = $1 ORDER BY started_at",
+    sqlx::query_as(
+        "SELECT started_at AS started, finished_at AS finished, outcome, full_pull
+         FROM sync.runs WHERE district_id = $1 ORDER BY started_at",
     )
     .bind(district)
     .fetch_all(&mut conn)
     .await
-    .unwrap();
-    rows.into_iter()
-        .map(|(started, finished, outcome, full_pull)| RunRow {
-            started,
-            finished,
-            outcome,
-            full_pull,
-        })
-        .collect()
+    .unwrap()
 }
 
 /// Waits (bounded) until the district has at least `n` runs with one of `outcomes`.
