@@ -17,8 +17,7 @@ use uuid::Uuid;
 use crate::config::DistrictConfig;
 use crate::db::{Databases, DbError};
 use crate::diff::{HASH_VERSION, Index};
-use crate::domain::Demo;
-use crate::domain::{Entity, Skipped, Warning};
+use crate::domain::{Demo, Entity, Skipped, Warning};
 use crate::mirror::{self, DiffMode, MirrorError, Samples};
 use crate::normalize;
 use crate::oneroster::{self, Endpoint, FetchError, OneRosterClient, Page, PullQuery, WireRecord};
@@ -101,9 +100,10 @@ pub struct RunReport {
     /// applied because it was approved).
     pub hold: Option<Hold>,
     /// Time per phase in milliseconds: `pull` (wall time of the whole pull, which includes
-    /// `index`, loading the mirror index, `classify`, the time spent checking, hashing and
-    /// classifying records (normalization runs beside it on other threads), and `stage`, the time spent copying changed rows into the change-set tables), `diff`
-    /// (deletions by absence and the cascade), `apply` (store and mirror).
+    /// `index`, loading the mirror index; `classify`, checking, hashing and classifying
+    /// records, while normalization runs beside it on other threads; and `stage`, copying
+    /// changed rows into the change-set tables), `diff` (deletions by absence and the
+    /// cascade), `apply` (store and mirror).
     pub phases_ms: BTreeMap<&'static str, u64>,
     /// OneRoster requests made (retries included) and the time spent on them.
     pub fetch: FetchStats,
@@ -383,7 +383,13 @@ async fn cycle_in_session(
                 warn!(reason = %reason, "delta pull abandoned ({reason}): pulling everything");
                 since = None;
             }
-            _ => break pipeline,
+            // Only a delta stops early; a full pull that did would read as deletions.
+            (Some(reason), None) => {
+                return Err(SyncError::Internal(format!(
+                    "a full pull stopped early ({reason})"
+                )));
+            }
+            (None, _) => break pipeline,
         }
     };
     run.full_pull = since.is_none();
