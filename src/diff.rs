@@ -57,6 +57,21 @@ struct Entry {
 }
 
 impl Entry {
+    /// A record the mirror has; `hash` is NULL after a deletion by absence (or untrusted).
+    fn mirrored(active: bool, hash: Option<i64>) -> Entry {
+        let mut entry = Entry {
+            hash: hash.unwrap_or(0),
+            flags: IN_MIRROR,
+        };
+        if active {
+            entry.flags |= MIRROR_ACTIVE;
+        }
+        if hash.is_some() {
+            entry.flags |= MIRROR_HASHED;
+        }
+        entry
+    }
+
     fn has(self, flag: u8) -> bool {
         self.flags & flag != 0
     }
@@ -185,18 +200,10 @@ impl Index {
         .await
         .map_err(db("reading the mirror"))?;
         for (id, active, hash) in rows {
-            let mut entry = Entry {
-                hash: 0,
-                flags: IN_MIRROR,
-            };
-            if active {
-                entry.flags |= MIRROR_ACTIVE;
-            }
-            if let Some(h) = hash.filter(|_| self.trust_hashes) {
-                entry.hash = h;
-                entry.flags |= MIRROR_HASHED;
-            }
-            table.entries.insert(key(&id), entry);
+            let hash = hash.filter(|_| self.trust_hashes);
+            table
+                .entries
+                .insert(key(&id), Entry::mirrored(active, hash));
         }
         for id in missing {
             table.entries.entry(key(id)).or_default();
@@ -361,23 +368,19 @@ impl Table {
         let mut fields = line.split(|b| *b == b'\t');
         let id = unescape(fields.next().ok_or_else(bad)?);
         let active = fields.next().ok_or_else(bad)? == b"t";
-        let hash = fields.next().ok_or_else(bad)?;
-        let mut entry = Entry {
-            hash: 0,
-            flags: IN_MIRROR,
+        let hash = match fields.next().ok_or_else(bad)? {
+            b"\\N" => None,
+            text => Some(
+                std::str::from_utf8(text)
+                    .ok()
+                    .and_then(|h| h.parse().ok())
+                    .ok_or_else(bad)?,
+            ),
         };
         if active {
-            entry.flags |= MIRROR_ACTIVE;
             self.mirror_active += 1;
         }
-        if hash != b"\\N" {
-            entry.hash = std::str::from_utf8(hash)
-                .ok()
-                .and_then(|h| h.parse().ok())
-                .ok_or_else(bad)?;
-            entry.flags |= MIRROR_HASHED;
-        }
-        self.entries.insert(key(&id), entry);
+        self.entries.insert(key(&id), Entry::mirrored(active, hash));
         Ok(())
     }
 }

@@ -546,6 +546,43 @@ pub async fn fingerprint(conn: &mut PgConnection) -> Result<String, MirrorError>
     .map_err(db("fingerprinting the change set"))
 }
 
+/// Writes the rows of `apply_*` into a table, given its `insert` (`INSERT … SELECT … FROM
+/// apply_* a`, bound to the district as `$1`) and `upsert` (its `ON CONFLICT` clause). Rows new
+/// to the mirror (`op = 'create'`) are new to the target too unless the two drifted apart, so
+/// they go in with a plain `INSERT` (a first load of a large district costs a third less than
+/// through `ON CONFLICT`); if a row is there after all, that insert is rolled back to a
+/// savepoint and done again as an upsert. The other rows are upserted.
+pub(crate) async fn write_change_set(
+    conn: &mut PgConnection,
+    district: &str,
+    insert: &str,
+    upsert: &str,
+) -> Result<(), sqlx::Error> {
+    conn.execute("SAVEPOINT new_rows").await?;
+    let plain = sqlx::query(sql!("{insert} WHERE a.op = 'create'"))
+        .bind(district)
+        .execute(&mut *conn)
+        .await;
+    match plain {
+        Ok(_) => {
+            conn.execute("RELEASE SAVEPOINT new_rows").await?;
+        }
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            conn.execute("ROLLBACK TO SAVEPOINT new_rows").await?;
+            sqlx::query(sql!("{insert} WHERE a.op = 'create' {upsert}"))
+                .bind(district)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Err(e) => return Err(e),
+    }
+    sqlx::query(sql!("{insert} WHERE a.op <> 'create' {upsert}"))
+        .bind(district)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 /// Moves the mirror to what was just applied (for the `touched` entities): `apply_*` rows as they were stored, `del_*`
 /// rows as deleted (content unknown, so no hash: if the record comes back it is applied).
 pub async fn advance(
@@ -571,12 +608,7 @@ pub async fn advance(
             "ON CONFLICT (district_id, sourced_id) DO UPDATE
              SET status = EXCLUDED.status, hash = EXCLUDED.hash{extra_set}"
         );
-        crate::store::insert_new_rows(conn, district, &insert, &upsert)
-            .await
-            .map_err(db("advancing the mirror"))?;
-        sqlx::query(sql!("{insert} WHERE a.op <> 'create' {upsert}"))
-            .bind(district)
-            .execute(&mut *conn)
+        write_change_set(conn, district, &insert, &upsert)
             .await
             .map_err(db("advancing the mirror"))?;
         sqlx::query(sql!(

@@ -192,12 +192,11 @@ impl Pipeline {
     pub async fn prepare(
         &mut self,
         conn: &mut PgConnection,
-        mut lookups: Vec<(Entity, String)>,
+        lookups: Vec<(Entity, String)>,
     ) -> Result<(), MirrorError> {
         if !self.index.is_delta() || lookups.is_empty() {
             return Ok(());
         }
-        lookups.sort_unstable();
         for entity in Entity::ALL {
             let ids: Vec<String> = lookups
                 .iter()
@@ -231,19 +230,25 @@ impl Pipeline {
         let entity = R::ENTITY;
         let key = diff::key(row.sourced_id());
         if self.index.is_duplicate(entity, key) {
-            self.skip(Skipped {
-                entity: entity.as_str(),
-                sourced_id: row.sourced_id().to_owned(),
-                reason: "duplicate sourcedId in the pull (first copy kept)".into(),
-            });
+            self.skip(
+                Some(entity),
+                Skipped {
+                    entity: entity.as_str(),
+                    sourced_id: row.sourced_id().to_owned(),
+                    reason: "duplicate sourcedId in the pull (first copy kept)".into(),
+                },
+            );
             return;
         }
         if let Err(reason) = row.settle(&self.index) {
-            self.skip(Skipped {
-                entity: entity.as_str(),
-                sourced_id: row.sourced_id().to_owned(),
-                reason,
-            });
+            self.skip(
+                Some(entity),
+                Skipped {
+                    entity: entity.as_str(),
+                    sourced_id: row.sourced_id().to_owned(),
+                    reason,
+                },
+            );
             return;
         }
         if let Some(t) = row.modified() {
@@ -281,10 +286,9 @@ impl Pipeline {
     }
 
     /// A record skipped as invalid: still "in the snapshot" for references, not a deletion.
-    pub fn skip(&mut self, skipped: Skipped) {
-        let entity = Entity::ALL
-            .into_iter()
-            .find(|e| e.as_str() == skipped.entity);
+    /// `entity` is the roster type it would have been stored as (`None` for a demographics
+    /// record, which is no roster record of its own).
+    pub fn skip(&mut self, entity: Option<Entity>, skipped: Skipped) {
         if let Some(entity) = entity {
             self.index
                 .mark_skipped(entity, diff::key(&skipped.sourced_id));
@@ -341,16 +345,16 @@ impl Pipeline {
             self.demographics = HashMap::default();
             return Ok(());
         }
-        let waiting = std::mem::take(&mut self.waiting_users);
-        for batch in waiting.chunks(STORE_BATCH) {
+        let mut waiting = std::mem::take(&mut self.waiting_users);
+        while !waiting.is_empty() {
+            let batch: Vec<User> = waiting.drain(..waiting.len().min(STORE_BATCH)).collect();
             let ids: Vec<&str> = batch.iter().map(|u| u.sourced_id.as_str()).collect();
             let stored: HashMap<String, Demo> = stored_users(store, district, &ids)
                 .await?
                 .into_iter()
                 .map(|u| (u.sourced_id, u.demographics))
                 .collect();
-            for user in batch {
-                let mut user = user.clone();
+            for mut user in batch {
                 user.demographics = stored.get(&user.sourced_id).copied().unwrap_or_default();
                 self.accept(user);
             }

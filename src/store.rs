@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use sqlx::{Executor, PgConnection};
 
 use crate::domain::Entity;
-use crate::mirror::{column_defs, column_list, columns};
+use crate::mirror::{column_defs, column_list, columns, write_change_set};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -71,14 +71,9 @@ pub async fn apply(
                  deleted_at = CASE WHEN EXCLUDED.status = 'deleted' THEN COALESCE(t.deleted_at, now()) END
              WHERE ({old}) IS DISTINCT FROM ({new})"
         );
-        insert_new_rows(conn, district, &insert, &upsert)
+        write_change_set(conn, district, &insert, &upsert)
             .await
-            .map_err(db("writing created rows"))?;
-        sqlx::query(sql!("{insert} WHERE a.op <> 'create' {upsert}"))
-            .bind(district)
-            .execute(&mut *conn)
-            .await
-            .map_err(db("writing updated rows"))?;
+            .map_err(db("writing created and updated rows"))?;
         sqlx::query(sql!(
             "UPDATE roster.{e} t SET status = 'deleted', deleted_at = now(), updated_at = now()
              FROM del_{e} d
@@ -88,37 +83,6 @@ pub async fn apply(
         .execute(&mut *conn)
         .await
         .map_err(db("soft-deleting rows"))?;
-    }
-    Ok(())
-}
-
-/// Writes the rows of `apply_*` new to the mirror (`op = 'create'`). They are new to the target
-/// too unless the two drifted apart, so they go in with a plain `INSERT` (a first load of a
-/// large district costs a third less than through `ON CONFLICT`); if a row is there after all,
-/// the insert is rolled back to a savepoint and done again as an upsert.
-pub(crate) async fn insert_new_rows(
-    conn: &mut PgConnection,
-    district: &str,
-    insert: &str,
-    upsert: &str,
-) -> Result<(), sqlx::Error> {
-    conn.execute("SAVEPOINT new_rows").await?;
-    let plain = sqlx::query(sql!("{insert} WHERE a.op = 'create'"))
-        .bind(district)
-        .execute(&mut *conn)
-        .await;
-    match plain {
-        Ok(_) => {
-            conn.execute("RELEASE SAVEPOINT new_rows").await?;
-        }
-        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-            conn.execute("ROLLBACK TO SAVEPOINT new_rows").await?;
-            sqlx::query(sql!("{insert} WHERE a.op = 'create' {upsert}"))
-                .bind(district)
-                .execute(&mut *conn)
-                .await?;
-        }
-        Err(e) => return Err(e),
     }
     Ok(())
 }

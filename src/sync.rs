@@ -781,7 +781,7 @@ async fn pull_all(
                         }
                         pipeline.$accept(row);
                     }
-                    Err(bad) => pipeline.skip(bad),
+                    Err(bad) => pipeline.skip(Some($entity), bad),
                 },
             )
             .await?;
@@ -931,7 +931,9 @@ where
     W: WireRecord,
     N: Lookups + Send + 'static,
 {
-    let counts_fetched = endpoint != Endpoint::Demographics;
+    // Demographics records are no roster records of their own: an unreadable one is not a
+    // skipped user.
+    let roster_entity = (endpoint != Endpoint::Demographics).then_some(entity);
     // Fetching and staging run side by side: the producer keeps the client's requests going
     // while the consumer normalizes and copies earlier pages. The channel (plus the client's
     // own `concurrency` requests in flight) bounds the pages held in memory.
@@ -969,7 +971,9 @@ where
             if !pull.observe(&page.revision) {
                 return Ok(false);
             }
-            if counts_fetched && let Some(c) = run.counts.get_mut(&entity) {
+            if roster_entity.is_some()
+                && let Some(c) = run.counts.get_mut(&entity)
+            {
                 c.fetched += (page.records.len() + page.unreadable.len()) as i64;
             }
             if pipeline.index.is_delta() {
@@ -977,16 +981,18 @@ where
                 for record in &page.records {
                     record.lookups(&mut lookups);
                 }
-                lookups.extend(
-                    page.unreadable
-                        .iter()
-                        .map(|s| (entity, s.sourced_id.clone())),
-                );
+                if let Some(entity) = roster_entity {
+                    lookups.extend(
+                        page.unreadable
+                            .iter()
+                            .map(|s| (entity, s.sourced_id.clone())),
+                    );
+                }
                 pipeline.prepare(session, lookups).await?;
             }
             let phase = Instant::now();
             for bad in page.unreadable {
-                pipeline.skip(bad);
+                pipeline.skip(roster_entity, bad);
             }
             for record in page.records {
                 each(record, pipeline, run);

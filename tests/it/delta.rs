@@ -300,11 +300,7 @@ async fn rows_the_mirror_does_not_know_and_hashes_of_another_version_change_noth
         .execute(&mut conn)
         .await
         .unwrap();
-    let report = h.sync_with(RunOptions {
-        allow_delta: true,
-        ..RunOptions::default()
-    });
-    let report = report.await;
+    let report = delta(&h).await;
     assert!(report.full_pull, "{report:?}");
     assert_eq!(report.outcome, Outcome::Applied, "{report:?}");
     assert_eq!(report.changes(), 0);
@@ -394,11 +390,7 @@ async fn the_s_district_through_fulls_and_deltas_matches_the_contract_row_for_ro
         }
         ds.sort();
     });
-    let report = h.sync_with(RunOptions {
-        allow_delta: true,
-        ..RunOptions::default()
-    });
-    let report = report.await;
+    let report = delta(&h).await;
     assert_eq!(report.outcome, Outcome::Applied, "{report:?}");
     assert!(report.counts[&Entity::Users].reactivated > 0);
     assert_store_eq(
@@ -414,11 +406,7 @@ async fn the_s_district_through_fulls_and_deltas_matches_the_contract_row_for_ro
     ] {
         let before = store_rows(&h.db, DISTRICT).await;
         h.sim.apply(scenario);
-        let report = h.sync_with(RunOptions {
-            allow_delta: true,
-            ..RunOptions::default()
-        });
-        let report = report.await;
+        let report = delta(&h).await;
         assert_eq!(report.outcome, Outcome::Applied, "{report:?}");
         assert_eq!(report.full_pull, full);
         assert_store_eq(
