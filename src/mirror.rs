@@ -171,9 +171,9 @@ pub async fn create_run_tables(conn: &mut PgConnection) -> Result<(), MirrorErro
     Ok(())
 }
 
-/// Indexes and analyzes the change-set tables once the pull is complete.
+/// Analyzes the deletion tables once the pull is complete (the apply joins them to the store).
 pub async fn seal_run_tables(conn: &mut PgConnection) -> Result<(), MirrorError> {
-    let mut sql = String::from("CREATE INDEX ON stage_skipped (entity, sourced_id);\n");
+    let mut sql = String::new();
     for entity in Entity::ALL {
         sql.push_str(&format!("ANALYZE del_{};\n", entity.as_str()));
     }

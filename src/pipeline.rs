@@ -154,9 +154,8 @@ pub struct Pipeline {
     deactivated: BTreeMap<Entity, Vec<String>>,
     /// Enrollments skipped as invalid (the cascade still applies to their stored rows).
     skipped_enrollments: Vec<String>,
-    /// Rows written to the change-set tables, counted as changes or not.
-    pub written: u64,
-    /// The entities with rows in their change-set tables.
+    /// The entities with rows in their change-set tables (written, counted as changes or
+    /// not); empty when the run has nothing to write.
     pub touched: BTreeSet<Entity>,
     /// The latest `dateLastModified` of a usable record.
     pub newest: Option<DateTime<Utc>>,
@@ -178,7 +177,6 @@ impl Pipeline {
             waiting_users: Vec::new(),
             deactivated: BTreeMap::new(),
             skipped_enrollments: Vec::new(),
-            written: 0,
             touched: BTreeSet::new(),
             newest: None,
             needs_full: None,
@@ -262,7 +260,6 @@ impl Pipeline {
             return;
         };
         let _ = writeln!(self.lines, "\t{hash}\t{}", write.op.as_str());
-        self.written += 1;
         self.touched.insert(entity);
         if write.counted {
             self.tally.count(entity, write.op, row.sourced_id());
@@ -486,7 +483,6 @@ impl Pipeline {
             self.index.mark_deleted(entity, diff::key(id));
             self.tally.count(entity, Op::Delete, id);
         }
-        self.written += ids.len() as u64;
         if !ids.is_empty() {
             self.touched.insert(entity);
         }

@@ -482,7 +482,7 @@ async fn cycle_in_session(
             .await
             .map_err(db("retiring the held change set"))?;
     }
-    if pipeline.written == 0 {
+    if pipeline.touched.is_empty() {
         mark_success(dbs, district, run).await?;
         return Ok(Outcome::NothingToDo);
     }
@@ -670,7 +670,9 @@ async fn pull_snapshot(
         .await?;
         run.timed("index", phase);
         let mut pipeline = Pipeline::new(index, SAMPLE_IDS);
-        pipeline.since = since.map(|t| t.trunc_subsecs(0));
+        // The filter has whole seconds: the bound is what the server is sent.
+        let bound = since.map(|t| t.trunc_subsecs(0));
+        pipeline.since = bound;
         for c in run.counts.values_mut() {
             *c = EntityCounts::default();
         }
@@ -679,11 +681,10 @@ async fn pull_snapshot(
         let mut pull = Pull {
             revision: None,
             moved: false,
-            filter: since.map(|t| {
+            filter: bound.map(|t| {
                 format!(
                     "dateLastModified>'{}'",
-                    t.trunc_subsecs(0)
-                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
                 )
             }),
         };
