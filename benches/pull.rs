@@ -1,4 +1,4 @@
-//! Pull benchmark: every page of every collection through `OneRosterClient::pages`, no database,
+//! Pull benchmark: every page of every collection of the registry (`pull::fetch_only`), no database,
 //! against the simulator started in this process, at concurrency 1, 4 and 8.
 //!
 //! `cargo bench --bench pull` (tier from `BENCH_TIER`: S, M (default), L or XL; page size from
@@ -7,12 +7,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use futures_util::StreamExt;
 use oneroster_sim::{Counts, SimConfig, SimHandle, Tier};
-use oneroster_sync::config::{AuthConfig, DistrictConfig, defaults};
-use oneroster_sync::oneroster::{
-    DEMOGRAPHICS_FIELDS, Endpoint, OneRosterClient, PullQuery, WireRecord, wire,
-};
+use oneroster_sync::config::{AuthConfig, DemographicsMode, DistrictConfig, defaults};
+use oneroster_sync::oneroster::OneRosterClient;
+use oneroster_sync::pull;
 use url::Url;
 
 #[derive(Default, Clone, Copy)]
@@ -68,40 +66,21 @@ fn district(sim: &SimHandle, page_size: u32, concurrency: usize) -> anyhow::Resu
         request_timeout: defaults::REQUEST_TIMEOUT,
         max_retries: defaults::MAX_RETRIES,
         run_timeout: defaults::RUN_TIMEOUT,
-        demographics: true,
+        demographics: DemographicsMode::Required,
         limits: Default::default(),
+        demographics_limits: Default::default(),
     })
 }
 
-async fn pull<T: WireRecord>(
-    client: &OneRosterClient,
-    endpoint: Endpoint,
-    query: PullQuery,
-) -> anyhow::Result<Tally> {
-    let mut tally = Tally::default();
-    let mut pages = std::pin::pin!(client.pages::<T>(endpoint, query));
-    while let Some(page) = pages.next().await {
-        let page = page.with_context(|| format!("pulling {endpoint}"))?;
-        tally.records += (page.records.len() + page.unreadable.len()) as u64;
-        tally.pages += 1;
-    }
-    Ok(tally)
-}
-
+/// Every collection of the registry, as `oneroster-sync pull` fetches it.
 async fn pull_everything(client: &OneRosterClient) -> anyhow::Result<Tally> {
-    let all = PullQuery::default();
     let mut tally = Tally::default();
-    tally += pull::<wire::Org>(client, Endpoint::Orgs, all.clone()).await?;
-    tally += pull::<wire::AcademicSession>(client, Endpoint::AcademicSessions, all.clone()).await?;
-    tally += pull::<wire::Course>(client, Endpoint::Courses, all.clone()).await?;
-    tally += pull::<wire::Class>(client, Endpoint::Classes, all.clone()).await?;
-    tally += pull::<wire::User>(client, Endpoint::Users, all.clone()).await?;
-    let demographics = PullQuery {
-        fields: Some(DEMOGRAPHICS_FIELDS.to_vec()),
-        ..PullQuery::default()
-    };
-    tally += pull::<wire::Demographics>(client, Endpoint::Demographics, demographics).await?;
-    tally += pull::<wire::Enrollment>(client, Endpoint::Enrollments, all).await?;
+    for (_, records, pages) in pull::fetch_only(client, DemographicsMode::Required).await? {
+        tally += Tally {
+            records: records as u64,
+            pages: pages as u64,
+        };
+    }
     Ok(tally)
 }
 

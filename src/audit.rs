@@ -1,105 +1,85 @@
-//! The pre-enablement data audit (`audit --district ID`, CONTRACT §7): fetch the whole district
-//! through the OneRoster client, normalize every record exactly as a sync would, and report what
-//! would stop or distort an import. It writes nothing anywhere and needs no database.
+//! The pre-enablement data audit (`audit --district ID`, CONTRACT §7): the sync's own pull in
+//! report mode. It fetches every collection through the same client, normalization, reference
+//! checks and skip rules as `sync --dry-run` (the `pull` and `snapshot` modules), stages
+//! nothing, writes nothing anywhere and needs no database. A record the audit reports as
+//! skipped is one the sync would skip, with the same finding code; what the sync keeps with a
+//! warning is a warning here too.
 //!
-//! Every [`Finding`] has a stable `code`, a [`Severity`], the entity it is about, a count and up
-//! to [`SAMPLES`] sample `sourcedId`s. Findings name fields and ids only: never a name, an email,
-//! a username or a demographics value.
+//! It adds only what is the audit's own: fetch failures per collection (missing permissions
+//! above all), duplicate usernames, emails and identifiers among active users, active students
+//! and teachers without an org, active classes without an active teacher, active enrollments
+//! outside their class's term dates, and demographic coverage.
 //!
-//! Severity:
-//! - **blocking**: an endpoint answering 401/403 (`credentials_rejected`, `permission_denied`),
-//!   any other fetch failure (`fetch_failed`: 5xx after retries, incomplete pages...), and
-//!   invalid records (`invalid_record`) or dangling references (`dangling_*`) when they are more
-//!   than [`BLOCKING_SHARE`] (1 %) of the records of their entity; at most 1 % they are warnings.
-//! - **warning**: duplicate usernames/emails/identifiers among active users, active students and
-//!   teachers without an org, active classes without an active teacher, active enrollments
-//!   outside their class's term dates, types outside the OneRoster 1.1 vocabulary, unrecognized
-//!   `sex` values, fields unreadable as dates or timestamps (stored as NULL), and demographic
-//!   coverage below [`COVERAGE_WARNING`] (50 %).
-//! - **info**: demographic coverage at or above 50 %.
+//! Every [`AuditFinding`] has a stable `code` (the sync's codes for per-record findings), a
+//! severity (`error`, `warning`, `info`), whether it is *blocking*, the collection, a count and
+//! up to [`SAMPLES`] sample `sourcedId`s. Findings name fields and ids only. Blocking means the
+//! sync would lose data or refuse to run: a fetch failure it would not survive, or records it
+//! would skip amounting to more than [`BLOCKING_SHARE`] (1 %) of their collection.
 //!
-//! What counts:
-//! - References are checked from active records only, against the records the sync would keep
-//!   (present and valid, whatever their status); a reference to a record skipped as invalid is
-//!   dangling, as it would be for the sync. A check is left out when a collection it needs could
-//!   not be fetched completely (the fetch failure is the finding then).
-//! - Duplicates are case-insensitive for usernames and emails, exact for identifiers; every user
-//!   sharing a value is counted.
-//! - An enrollment is outside its term dates when its `beginDate` is before the earliest
-//!   `startDate` of its class's terms, or its `endDate` (exclusive) is more than one day after
-//!   the latest `endDate` (inclusive) of those terms. Missing dates are not judged.
-//! - Demographic coverage is over active students: with a gender, with ethnicity
-//!   (`hispanicOrLatinoEthnicity` present), with at least one race flag true.
-//!
-//! Memory: the audit keeps, per record, only what its checks need (ids, references, dates,
-//! lower-cased usernames/emails/identifiers, a few flags), never whole records. At S/M sizes
-//! (60k students, ~500k enrollments) that is tens of MB; an L/XL district (millions of
-//! enrollments) would want the checks done in SQL over the sync's staging tables instead.
+//! Memory: besides the snapshot's index (32 bytes a record), the audit keeps per record only
+//! what its own checks need (ids, references, dates, lower-cased usernames/emails/identifiers,
+//! a few flags), never whole records: tens of MB for an M district.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use futures_util::StreamExt;
 use serde::Serialize;
 use tracing::info;
 
-use crate::config::DistrictConfig;
-use crate::domain::{Skipped, Status, Warning};
-use crate::normalize;
-use crate::oneroster::{self, Endpoint, FetchError, OneRosterClient, PullQuery, WireRecord, wire};
+use crate::config::{DemographicsMode, DistrictConfig};
+use crate::diff::Index;
+use crate::domain::{
+    AcademicSession, Class, Enrollment, Entity, FindingSummary, Org, Severity, Status, User,
+};
+use crate::oneroster::{FetchError, OneRosterClient};
+use crate::pull::{Pull, PullError, Stage};
+use crate::registry::{Collection, Kind, each_collection};
+use crate::snapshot::{Observe, Snapshot};
+use crate::telemetry::error_chain;
 
 /// Sample ids kept per finding.
 pub const SAMPLES: usize = 20;
-/// Share of an entity's records above which invalid records or dangling references block.
+/// Share of a collection's records above which records the sync would skip block.
 pub const BLOCKING_SHARE: f64 = 0.01;
 /// Demographic coverage below which it is a warning rather than info.
 pub const COVERAGE_WARNING: f64 = 0.5;
 
-const ORG_TYPES: &[&str] = &[
-    "department",
-    "district",
-    "local",
-    "national",
-    "school",
-    "state",
-];
-const SESSION_TYPES: &[&str] = &["gradingPeriod", "schoolYear", "semester", "term"];
-const CLASS_TYPES: &[&str] = &["homeroom", "scheduled"];
-
-/// The collections in the order they are fetched (entity names as in the store and the logs).
-const ENDPOINTS: [Endpoint; 7] = [
-    Endpoint::Orgs,
-    Endpoint::AcademicSessions,
-    Endpoint::Courses,
-    Endpoint::Classes,
-    Endpoint::Users,
-    Endpoint::Demographics,
-    Endpoint::Enrollments,
-];
-
+/// How bad an audit finding is: the sync's severities, plus `info` for what is only
+/// reported (coverage).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Severity {
-    Blocking,
+pub enum AuditSeverity {
+    Error,
     Warning,
     Info,
 }
 
-impl Severity {
+impl AuditSeverity {
     pub fn as_str(self) -> &'static str {
         match self {
-            Severity::Blocking => "blocking",
-            Severity::Warning => "warning",
-            Severity::Info => "info",
+            AuditSeverity::Error => "error",
+            AuditSeverity::Warning => "warning",
+            AuditSeverity::Info => "info",
+        }
+    }
+}
+
+impl From<Severity> for AuditSeverity {
+    fn from(s: Severity) -> AuditSeverity {
+        match s {
+            Severity::Error => AuditSeverity::Error,
+            Severity::Warning => AuditSeverity::Warning,
         }
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Finding {
+pub struct AuditFinding {
     pub code: &'static str,
-    pub severity: Severity,
+    pub severity: AuditSeverity,
+    /// The sync would lose data or refuse to run.
+    pub blocking: bool,
     pub entity: &'static str,
     pub count: u64,
     pub message: String,
@@ -112,9 +92,10 @@ pub struct Finding {
 pub struct Totals {
     /// Records received, readable or not.
     pub fetched: u64,
+    /// Records the sync would store, by the status it would store them with.
     pub active: u64,
     pub deleted: u64,
-    /// Records the sync would skip (unreadable or failing validation).
+    /// Records the sync would skip (error findings).
     pub invalid: u64,
     /// Whether every page of the collection was fetched.
     pub complete: bool,
@@ -125,8 +106,8 @@ pub struct AuditReport {
     pub district: String,
     pub generated_at: DateTime<Utc>,
     pub totals: BTreeMap<&'static str, Totals>,
-    /// Blocking first, then warnings, then info.
-    pub findings: Vec<Finding>,
+    /// Blocking first, then errors, warnings, info.
+    pub findings: Vec<AuditFinding>,
     pub blocking: bool,
 }
 
@@ -142,23 +123,58 @@ pub async fn run(district: &DistrictConfig) -> Result<AuditReport, AuditError> {
     let client = OneRosterClient::new(district).map_err(AuditError::Client)?;
     info!(district = %district.id, "audit started");
     let mut facts = Facts::default();
-    for endpoint in ENDPOINTS {
-        match endpoint {
-            Endpoint::Orgs => facts.fetch(&client, endpoint, Facts::take_org).await,
-            Endpoint::AcademicSessions => facts.fetch(&client, endpoint, Facts::take_session).await,
-            Endpoint::Courses => facts.fetch(&client, endpoint, Facts::take_course).await,
-            Endpoint::Classes => facts.fetch(&client, endpoint, Facts::take_class).await,
-            Endpoint::Users => facts.fetch(&client, endpoint, Facts::take_user).await,
-            Endpoint::Enrollments => facts.fetch(&client, endpoint, Facts::take_enrollment).await,
-            Endpoint::Demographics if district.demographics => {
-                facts
-                    .fetch(&client, endpoint, Facts::take_demographics)
-                    .await
+    let mut failures = Vec::new();
+    let snapshot = Snapshot::new(Index::new(false, false), 0, None);
+    let mut pull = Pull::new(&client, snapshot, Stage::Report, &mut facts, None);
+    'pull: {
+        each_collection!(K => {
+            if K::COLLECTION != Collection::Demographics || district.demographics.pulled() {
+                let pulled = pull.collection::<K>().await;
+                // Per-record findings are in the pull's tally.
+                pull.take_findings();
+                if let Err(e) = pulled {
+                    let fatal = matches!(&e, PullError::Fetch(f) if f.is_fatal());
+                    failures.push(fetch_finding(K::COLLECTION, &e, district.demographics));
+                    if fatal {
+                        // No other collection can be read either (credentials, token endpoint,
+                        // address): one finding, not one per collection.
+                        break 'pull;
+                    }
+                }
             }
-            Endpoint::Demographics => {}
+        });
+    }
+    let tally = std::mem::take(&mut pull.tally);
+    drop(pull);
+    let mut totals: BTreeMap<&'static str, Totals> = BTreeMap::new();
+    for &collection in Collection::ALL {
+        if collection == Collection::Demographics && !district.demographics.pulled() {
+            continue;
+        }
+        let t = totals.entry(collection.name()).or_default();
+        t.complete = tally.complete.contains(&collection);
+        t.fetched = tally.fetched.get(&collection).copied().unwrap_or(0) as u64;
+        match collection.entity() {
+            Some(entity) => {
+                t.invalid = tally.skipped.get(&entity).copied().unwrap_or(0) as u64;
+                let (active, deleted) = facts.statuses.get(&entity).copied().unwrap_or_default();
+                t.active = active;
+                t.deleted = deleted;
+            }
+            // Demographics: the users that would hold some.
+            None => {
+                t.active = facts.with_demographics;
+                t.invalid = tally
+                    .findings
+                    .entries()
+                    .iter()
+                    .filter(|c| c.entity == "demographics" && c.severity == Severity::Error)
+                    .map(|c| c.count)
+                    .sum();
+            }
         }
     }
-    let report = facts.report(&district.id);
+    let report = facts.report(&district.id, totals, &tally.findings, failures);
     info!(
         district = %district.id,
         findings = report.findings.len(),
@@ -168,40 +184,50 @@ pub async fn run(district: &DistrictConfig) -> Result<AuditReport, AuditError> {
     Ok(report)
 }
 
+fn fetch_finding(
+    collection: Collection,
+    e: &PullError,
+    demographics: DemographicsMode,
+) -> AuditFinding {
+    let (code, survivable) = match e {
+        PullError::Fetch(FetchError::Forbidden { .. }) => ("permission_denied", true),
+        PullError::Fetch(FetchError::NotFound { .. }) => ("endpoint_not_found", true),
+        PullError::Fetch(f) if f.is_permission() => ("credentials_rejected", false),
+        _ => ("fetch_failed", false),
+    };
+    // An optional collection the sync goes on without.
+    let blocking =
+        !(survivable && collection.is_optional() && demographics == DemographicsMode::Optional);
+    AuditFinding {
+        code,
+        severity: if blocking {
+            AuditSeverity::Error
+        } else {
+            AuditSeverity::Warning
+        },
+        blocking,
+        entity: collection.name(),
+        count: 1,
+        message: error_chain(e),
+        samples: Vec::new(),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
-// What the checks need of each record.
-
-struct OrgFacts {
-    active: bool,
-    parent: Option<String>,
-    org_type: Option<String>,
-}
-
-struct SessionFacts {
-    active: bool,
-    parent: Option<String>,
-    session_type: Option<String>,
-    start: Option<NaiveDate>,
-    end: Option<NaiveDate>,
-}
-
-struct CourseFacts {
-    active: bool,
-    org: Option<String>,
-}
+// What the audit's own checks need of each record the sync would store.
 
 struct ClassFacts {
     active: bool,
-    school: Option<String>,
-    course: Option<String>,
     terms: Vec<String>,
-    class_type: Option<String>,
 }
 
 struct UserFacts {
     active: bool,
     role: String,
-    orgs: Vec<String>,
+    orgs: bool,
+    gender: bool,
+    ethnicity: bool,
+    race: bool,
 }
 
 struct EnrollmentFacts {
@@ -212,15 +238,6 @@ struct EnrollmentFacts {
     teacher: bool,
     begin: Option<NaiveDate>,
     end: Option<NaiveDate>,
-}
-
-/// Whether a student's demographics hold one of the values coverage is measured on.
-type Has = fn(&DemographicsFacts) -> bool;
-
-struct DemographicsFacts {
-    gender: bool,
-    ethnicity: bool,
-    race: bool,
 }
 
 /// A count with a few sample ids.
@@ -241,482 +258,178 @@ impl Tally {
 
 #[derive(Default)]
 struct Facts {
-    totals: BTreeMap<&'static str, Totals>,
-    orgs: HashMap<String, OrgFacts>,
-    sessions: HashMap<String, SessionFacts>,
-    courses: HashMap<String, CourseFacts>,
+    /// (active, deleted) records per entity, as the sync would store them.
+    statuses: BTreeMap<Entity, (u64, u64)>,
+    /// Users that would be stored with demographics.
+    with_demographics: u64,
+    sessions: HashMap<String, (Option<NaiveDate>, Option<NaiveDate>)>,
     classes: HashMap<String, ClassFacts>,
     users: HashMap<String, UserFacts>,
     enrollments: Vec<EnrollmentFacts>,
-    demographics: HashMap<String, DemographicsFacts>,
     /// Active users by lower-cased username / email and by identifier: the ids holding each.
     usernames: HashMap<String, Vec<String>>,
     emails: HashMap<String, Vec<String>>,
     identifiers: HashMap<String, Vec<String>>,
-    /// (entity, reason) of records the sync would skip.
-    invalid: BTreeMap<(&'static str, String), Tally>,
-    /// (entity, message) of fields stored as NULL.
-    field_warnings: BTreeMap<(&'static str, String), Tally>,
-    unrecognized_sex: Tally,
-    fetch_failures: Vec<Finding>,
 }
 
 impl Facts {
-    /// Fetches one collection page by page, handing each record to `take`. A failure is kept as
-    /// a finding and leaves the collection marked incomplete; the audit goes on.
-    async fn fetch<W: WireRecord>(
-        &mut self,
-        client: &OneRosterClient,
-        endpoint: Endpoint,
-        take: fn(&mut Facts, W),
-    ) {
-        let entity = endpoint.entity();
-        self.totals.entry(entity).or_default();
-        let query = match endpoint {
-            Endpoint::Demographics => PullQuery {
-                fields: Some(oneroster::DEMOGRAPHICS_FIELDS.to_vec()),
-                ..PullQuery::default()
-            },
-            _ => PullQuery::default(),
-        };
-        let mut pages = std::pin::pin!(client.pages::<W>(endpoint, query));
-        while let Some(page) = pages.next().await {
-            let page = match page {
-                Ok(page) => page,
-                Err(e) => {
-                    self.fetch_failures.push(fetch_finding(endpoint, &e));
-                    return;
-                }
-            };
-            self.total(entity).fetched += (page.records.len() + page.unreadable.len()) as u64;
-            for bad in page.unreadable {
-                self.skip(bad);
-            }
-            for record in page.records {
-                take(self, record);
-            }
-        }
-        self.total(entity).complete = true;
-    }
-
-    fn total(&mut self, entity: &'static str) -> &mut Totals {
-        self.totals.entry(entity).or_default()
-    }
-
-    fn skip(&mut self, skipped: Skipped) {
-        self.total(skipped.entity).invalid += 1;
-        self.invalid
-            .entry((skipped.entity, skipped.reason))
-            .or_default()
-            .add(&skipped.sourced_id);
-    }
-
-    fn status(&mut self, entity: &'static str, status: Status) -> bool {
-        let t = self.total(entity);
+    fn status(&mut self, entity: Entity, status: Status) -> bool {
+        let (active, deleted) = self.statuses.entry(entity).or_default();
         match status {
-            Status::Active => t.active += 1,
-            Status::Deleted => t.deleted += 1,
+            Status::Active => *active += 1,
+            Status::Deleted => *deleted += 1,
         }
         status == Status::Active
     }
+}
 
-    fn warnings(&mut self, warnings: Vec<Warning>) {
-        for w in warnings {
-            self.field_warnings
-                .entry((w.entity, w.message))
-                .or_default()
-                .add(&w.sourced_id);
-        }
+impl Observe for Facts {
+    fn org(&mut self, o: &Org) {
+        self.status(Entity::Orgs, o.status);
     }
 
-    fn take_org(&mut self, w: wire::Org) {
-        match normalize::org(w) {
-            Ok((o, warnings)) => {
-                self.warnings(warnings);
-                let active = self.status("orgs", o.status);
-                self.orgs.insert(
-                    o.sourced_id,
-                    OrgFacts {
-                        active,
-                        parent: o.parent_sourced_id,
-                        org_type: o.org_type,
-                    },
-                );
+    fn academic_session(&mut self, s: &AcademicSession) {
+        self.status(Entity::AcademicSessions, s.status);
+        self.sessions
+            .insert(s.sourced_id.clone(), (s.start_date, s.end_date));
+    }
+
+    fn course(&mut self, c: &crate::domain::Course) {
+        self.status(Entity::Courses, c.status);
+    }
+
+    fn class(&mut self, c: &Class) {
+        let active = self.status(Entity::Classes, c.status);
+        self.classes.insert(
+            c.sourced_id.clone(),
+            ClassFacts {
+                active,
+                terms: c.term_sourced_ids.clone(),
+            },
+        );
+    }
+
+    fn user(&mut self, u: &User) {
+        let active = self.status(Entity::Users, u.status);
+        let id = &u.sourced_id;
+        if active {
+            // Only the lower-cased values are kept, for duplicate detection.
+            if let Some(name) = &u.username {
+                push_holder(&mut self.usernames, name.to_lowercase(), id);
             }
-            Err(s) => self.skip(s),
-        }
-    }
-
-    fn take_session(&mut self, w: wire::AcademicSession) {
-        match normalize::academic_session(w) {
-            Ok((s, warnings)) => {
-                self.warnings(warnings);
-                let active = self.status("academic_sessions", s.status);
-                self.sessions.insert(
-                    s.sourced_id,
-                    SessionFacts {
-                        active,
-                        parent: s.parent_sourced_id,
-                        session_type: s.session_type,
-                        start: s.start_date,
-                        end: s.end_date,
-                    },
-                );
+            if let Some(email) = &u.email {
+                push_holder(&mut self.emails, email.to_lowercase(), id);
             }
-            Err(s) => self.skip(s),
-        }
-    }
-
-    fn take_course(&mut self, w: wire::Course) {
-        match normalize::course(w) {
-            Ok((c, warnings)) => {
-                self.warnings(warnings);
-                let active = self.status("courses", c.status);
-                self.courses.insert(
-                    c.sourced_id,
-                    CourseFacts {
-                        active,
-                        org: c.org_sourced_id,
-                    },
-                );
+            if let Some(identifier) = &u.identifier {
+                push_holder(&mut self.identifiers, identifier.clone(), id);
             }
-            Err(s) => self.skip(s),
         }
+        let d = u.demographics;
+        if d.present {
+            self.with_demographics += 1;
+        }
+        self.users.insert(
+            id.clone(),
+            UserFacts {
+                active,
+                role: u.role.clone(),
+                orgs: !u.org_sourced_ids.is_empty(),
+                gender: d.gender().is_some(),
+                ethnicity: d.hispanic_or_latino.is_some(),
+                race: d.races != 0,
+            },
+        );
     }
 
-    fn take_class(&mut self, w: wire::Class) {
-        match normalize::class(w) {
-            Ok((c, warnings)) => {
-                self.warnings(warnings);
-                let active = self.status("classes", c.status);
-                self.classes.insert(
-                    c.sourced_id,
-                    ClassFacts {
-                        active,
-                        school: c.school_sourced_id,
-                        course: c.course_sourced_id,
-                        terms: c.term_sourced_ids,
-                        class_type: c.class_type,
-                    },
-                );
+    fn enrollment(&mut self, e: &Enrollment) {
+        let active = self.status(Entity::Enrollments, e.status);
+        self.enrollments.push(EnrollmentFacts {
+            id: e.sourced_id.clone(),
+            active,
+            user: e.user_sourced_id.clone(),
+            class: e.class_sourced_id.clone(),
+            teacher: e.role == "teacher",
+            begin: e.begin_date,
+            end: e.end_date,
+        });
+    }
+}
+
+impl Facts {
+    fn report(
+        self,
+        district: &str,
+        totals: BTreeMap<&'static str, Totals>,
+        records: &FindingSummary,
+        failures: Vec<AuditFinding>,
+    ) -> AuditReport {
+        let complete = |name: &str| totals.get(name).is_some_and(|t| t.complete);
+        let mut findings = failures;
+        // The sync's own findings, per code and collection; a reference into a collection that
+        // could not be fetched completely means nothing (the fetch failure is the finding).
+        for c in records.entries() {
+            if c.code.target().is_some_and(|target| !complete(target)) {
+                continue;
             }
-            Err(s) => self.skip(s),
-        }
-    }
-
-    fn take_user(&mut self, w: wire::User) {
-        match normalize::user(w) {
-            Ok((u, warnings)) => {
-                self.warnings(warnings);
-                let active = self.status("users", u.status);
-                if active {
-                    // Only the lower-cased values are kept, for duplicate detection.
-                    let id = &u.sourced_id;
-                    if let Some(name) = &u.username {
-                        push_holder(&mut self.usernames, name.to_lowercase(), id);
-                    }
-                    if let Some(email) = &u.email {
-                        push_holder(&mut self.emails, email.to_lowercase(), id);
-                    }
-                    if let Some(identifier) = &u.identifier {
-                        push_holder(&mut self.identifiers, identifier.clone(), id);
-                    }
-                }
-                self.users.insert(
-                    u.sourced_id,
-                    UserFacts {
-                        active,
-                        role: u.role,
-                        orgs: u.org_sourced_ids,
-                    },
-                );
-            }
-            Err(s) => self.skip(s),
-        }
-    }
-
-    fn take_enrollment(&mut self, w: wire::Enrollment) {
-        match normalize::enrollment(w) {
-            Ok((e, warnings)) => {
-                self.warnings(warnings);
-                let active = self.status("enrollments", e.status);
-                self.enrollments.push(EnrollmentFacts {
-                    id: e.sourced_id,
-                    active,
-                    user: e.user_sourced_id,
-                    class: e.class_sourced_id,
-                    teacher: e.role == "teacher",
-                    begin: e.begin_date,
-                    end: e.end_date,
-                });
-            }
-            Err(s) => self.skip(s),
-        }
-    }
-
-    fn take_demographics(&mut self, w: wire::Demographics) {
-        // Whether a value was sent at all; the value itself is never kept.
-        let sex_sent = w.sex.as_deref().is_some_and(|s| !s.trim().is_empty());
-        let id = w.sourced_id.clone().unwrap_or_default();
-        match normalize::demographics(w) {
-            Ok((record, _)) => {
-                // normalize's only demographics warning is the unrecognized sex, counted here.
-                let Some(d) = record else {
-                    self.total("demographics").deleted += 1;
-                    return;
-                };
-                self.total("demographics").active += 1;
-                if sex_sent && d.gender.is_none() {
-                    self.unrecognized_sex.add(&id);
-                }
-                self.demographics.insert(
-                    d.user_sourced_id,
-                    DemographicsFacts {
-                        gender: d.gender.is_some(),
-                        ethnicity: d.hispanic_or_latino.is_some(),
-                        race: !d.races.is_empty(),
-                    },
-                );
-            }
-            Err(s) => self.skip(s),
-        }
-    }
-
-    fn complete(&self, entity: &str) -> bool {
-        self.totals.get(entity).is_some_and(|t| t.complete)
-    }
-
-    fn fetched(&self, entity: &str) -> u64 {
-        self.totals.get(entity).map_or(0, |t| t.fetched)
-    }
-
-    /// Severity of a defect affecting `count` records of `entity`: blocking over 1 %.
-    fn share_severity(&self, entity: &str, count: u64) -> Severity {
-        let fetched = self.fetched(entity).max(1);
-        if count as f64 / fetched as f64 > BLOCKING_SHARE {
-            Severity::Blocking
-        } else {
-            Severity::Warning
-        }
-    }
-
-    fn report(self, district: &str) -> AuditReport {
-        let mut findings = Vec::new();
-        findings.extend(self.fetch_failures.iter().cloned());
-
-        for ((entity, reason), tally) in &self.invalid {
-            findings.push(finding(
-                "invalid_record",
-                self.share_severity(entity, tally.count),
+            let entity = Collection::ALL
+                .iter()
+                .map(|c| c.name())
+                .find(|n| *n == c.entity)
+                .unwrap_or("records");
+            let fetched = totals.get(entity).map_or(0, |t| t.fetched).max(1);
+            let blocking =
+                c.severity == Severity::Error && c.count as f64 / fetched as f64 > BLOCKING_SHARE;
+            let what = if c.severity == Severity::Error {
+                "would be skipped by a sync"
+            } else {
+                "would be stored with a warning"
+            };
+            findings.push(AuditFinding {
+                code: c.code.as_str(),
+                severity: c.severity.into(),
+                blocking,
                 entity,
-                tally,
-                format!(
-                    "{} {entity} record(s) would be skipped by a sync: {reason}",
-                    tally.count
+                count: c.count,
+                message: format!(
+                    "{} {entity} record(s) {what}: {}",
+                    c.count,
+                    c.code.meaning()
                 ),
-            ));
+                samples: c.samples.clone(),
+            });
         }
-        for ((entity, message), tally) in &self.field_warnings {
-            findings.push(finding(
-                "field_stored_as_null",
-                Severity::Warning,
-                entity,
-                tally,
-                format!("{} {entity} record(s): {message}", tally.count),
-            ));
-        }
-        if self.unrecognized_sex.count > 0 {
-            let t = &self.unrecognized_sex;
-            findings.push(finding(
-                "unrecognized_sex",
-                Severity::Warning,
-                "demographics",
-                t,
-                format!(
-                    "{} demographics records have a sex value outside male/female/other/unspecified (and their usual spellings); gender would be stored as NULL",
-                    t.count
-                ),
-            ));
-        }
-
-        self.dangling(&mut findings);
         self.duplicates(&mut findings);
-        self.people_and_classes(&mut findings);
-        self.term_dates(&mut findings);
-        self.vocabulary(&mut findings);
-        self.coverage(&mut findings);
-
+        if complete("users") {
+            self.people(&mut findings);
+        }
+        if complete("classes") && complete("enrollments") && complete("users") {
+            self.untaught(&mut findings);
+        }
+        if complete("enrollments") && complete("classes") && complete("academic_sessions") {
+            self.term_dates(&mut findings);
+        }
+        if complete("demographics") && complete("users") {
+            self.coverage(&mut findings);
+        }
         findings.sort_by(|a, b| {
-            (a.severity, entity_rank(a.entity), a.code).cmp(&(
+            (!a.blocking, a.severity, entity_rank(a.entity), a.code).cmp(&(
+                !b.blocking,
                 b.severity,
                 entity_rank(b.entity),
                 b.code,
             ))
         });
-        let blocking = findings.iter().any(|f| f.severity == Severity::Blocking);
+        let blocking = findings.iter().any(|f| f.blocking);
         AuditReport {
             district: district.to_owned(),
             generated_at: Utc::now(),
-            totals: self.totals,
+            totals,
             findings,
             blocking,
         }
     }
 
-    fn dangling(&self, findings: &mut Vec<Finding>) {
-        let mut check = |code: &'static str,
-                         entity: &'static str,
-                         target: &'static str,
-                         what: &str,
-                         tally: Tally| {
-            if tally.count == 0 || !self.complete(entity) || !self.complete(target) {
-                return;
-            }
-            findings.push(finding(
-                code,
-                self.share_severity(entity, tally.count),
-                entity,
-                &tally,
-                format!(
-                    "{} active {entity} reference {what} that is not in the snapshot (absent, or skipped as invalid)",
-                    tally.count
-                ),
-            ));
-        };
-
-        let mut parent = Tally::default();
-        for (id, o) in sorted(&self.orgs) {
-            if o.active
-                && o.parent
-                    .as_ref()
-                    .is_some_and(|p| !self.orgs.contains_key(p))
-            {
-                parent.add(id);
-            }
-        }
-        check(
-            "dangling_org_parent",
-            "orgs",
-            "orgs",
-            "a parent org",
-            parent,
-        );
-
-        let mut parent = Tally::default();
-        for (id, s) in sorted(&self.sessions) {
-            if s.active
-                && s.parent
-                    .as_ref()
-                    .is_some_and(|p| !self.sessions.contains_key(p))
-            {
-                parent.add(id);
-            }
-        }
-        check(
-            "dangling_session_parent",
-            "academic_sessions",
-            "academic_sessions",
-            "a parent session",
-            parent,
-        );
-
-        let mut org = Tally::default();
-        for (id, c) in sorted(&self.courses) {
-            if c.active && c.org.as_ref().is_some_and(|o| !self.orgs.contains_key(o)) {
-                org.add(id);
-            }
-        }
-        check("dangling_course_org", "courses", "orgs", "an org", org);
-
-        let (mut school, mut course, mut term) =
-            (Tally::default(), Tally::default(), Tally::default());
-        for (id, c) in sorted(&self.classes).filter(|(_, c)| c.active) {
-            if c.school
-                .as_ref()
-                .is_some_and(|s| !self.orgs.contains_key(s))
-            {
-                school.add(id);
-            }
-            if c.course
-                .as_ref()
-                .is_some_and(|k| !self.courses.contains_key(k))
-            {
-                course.add(id);
-            }
-            if c.terms.iter().any(|t| !self.sessions.contains_key(t)) {
-                term.add(id);
-            }
-        }
-        check(
-            "dangling_class_school",
-            "classes",
-            "orgs",
-            "a school",
-            school,
-        );
-        check(
-            "dangling_class_course",
-            "classes",
-            "courses",
-            "a course",
-            course,
-        );
-        check(
-            "dangling_class_term",
-            "classes",
-            "academic_sessions",
-            "a term",
-            term,
-        );
-
-        let mut org = Tally::default();
-        for (id, u) in sorted(&self.users).filter(|(_, u)| u.active) {
-            if u.orgs.iter().any(|o| !self.orgs.contains_key(o)) {
-                org.add(id);
-            }
-        }
-        check("dangling_user_org", "users", "orgs", "an org", org);
-
-        let (mut user, mut class) = (Tally::default(), Tally::default());
-        for e in self.enrollments.iter().filter(|e| e.active) {
-            if !self.users.contains_key(&e.user) {
-                user.add(&e.id);
-            }
-            if !self.classes.contains_key(&e.class) {
-                class.add(&e.id);
-            }
-        }
-        check(
-            "dangling_enrollment_user",
-            "enrollments",
-            "users",
-            "a user",
-            user,
-        );
-        check(
-            "dangling_enrollment_class",
-            "enrollments",
-            "classes",
-            "a class",
-            class,
-        );
-
-        let mut user = Tally::default();
-        for (id, _) in sorted(&self.demographics) {
-            if !self.users.contains_key(id) {
-                user.add(id);
-            }
-        }
-        check(
-            "dangling_demographics_user",
-            "demographics",
-            "users",
-            "no user (a demographics record's sourcedId is its user's)",
-            user,
-        );
-    }
-
-    fn duplicates(&self, findings: &mut Vec<Finding>) {
+    fn duplicates(&self, findings: &mut Vec<AuditFinding>) {
         for (code, field, holders) in [
             ("duplicate_username", "username", &self.usernames),
             ("duplicate_email", "email", &self.emails),
@@ -735,7 +448,7 @@ impl Facts {
             if tally.count > 0 {
                 findings.push(finding(
                     code,
-                    Severity::Warning,
+                    AuditSeverity::Warning,
                     "users",
                     &tally,
                     format!(
@@ -752,77 +465,72 @@ impl Facts {
         }
     }
 
-    fn people_and_classes(&self, findings: &mut Vec<Finding>) {
-        if self.complete("users") {
-            let mut no_org = Tally::default();
-            for (id, u) in sorted(&self.users) {
-                if u.active && (u.role == "student" || u.role == "teacher") && u.orgs.is_empty() {
-                    no_org.add(id);
-                }
-            }
-            if no_org.count > 0 {
-                findings.push(finding(
-                    "user_without_org",
-                    Severity::Warning,
-                    "users",
-                    &no_org,
-                    format!(
-                        "{} active students or teachers belong to no org",
-                        no_org.count
-                    ),
-                ));
+    fn people(&self, findings: &mut Vec<AuditFinding>) {
+        let mut no_org = Tally::default();
+        for (id, u) in sorted(&self.users) {
+            if u.active && (u.role == "student" || u.role == "teacher") && !u.orgs {
+                no_org.add(id);
             }
         }
-        if self.complete("classes") && self.complete("enrollments") && self.complete("users") {
-            let taught: HashSet<&str> = self
-                .enrollments
-                .iter()
-                .filter(|e| e.active && e.teacher)
-                .filter(|e| self.users.get(&e.user).is_some_and(|u| u.active))
-                .map(|e| e.class.as_str())
-                .collect();
-            let mut untaught = Tally::default();
-            for (id, c) in sorted(&self.classes) {
-                if c.active && !taught.contains(id.as_str()) {
-                    untaught.add(id);
-                }
-            }
-            if untaught.count > 0 {
-                findings.push(finding(
-                    "class_without_teacher",
-                    Severity::Warning,
-                    "classes",
-                    &untaught,
-                    format!(
-                        "{} active classes have no active teacher enrollment",
-                        untaught.count
-                    ),
-                ));
-            }
+        if no_org.count > 0 {
+            findings.push(finding(
+                "user_without_org",
+                AuditSeverity::Warning,
+                "users",
+                &no_org,
+                format!(
+                    "{} active students or teachers belong to no org",
+                    no_org.count
+                ),
+            ));
         }
     }
 
-    fn term_dates(&self, findings: &mut Vec<Finding>) {
-        if !self.complete("enrollments")
-            || !self.complete("classes")
-            || !self.complete("academic_sessions")
-        {
-            return;
+    fn untaught(&self, findings: &mut Vec<AuditFinding>) {
+        let taught: HashSet<&str> = self
+            .enrollments
+            .iter()
+            .filter(|e| e.active && e.teacher)
+            .filter(|e| self.users.get(&e.user).is_some_and(|u| u.active))
+            .map(|e| e.class.as_str())
+            .collect();
+        let mut untaught = Tally::default();
+        for (id, c) in sorted(&self.classes) {
+            if c.active && !taught.contains(id.as_str()) {
+                untaught.add(id);
+            }
         }
+        if untaught.count > 0 {
+            findings.push(finding(
+                "class_without_teacher",
+                AuditSeverity::Warning,
+                "classes",
+                &untaught,
+                format!(
+                    "{} active classes have no active teacher enrollment",
+                    untaught.count
+                ),
+            ));
+        }
+    }
+
+    /// An enrollment is outside its term dates when its `beginDate` is before the earliest
+    /// `startDate` of its class's terms, or its `endDate` (exclusive) is more than one day
+    /// after the latest `endDate` (inclusive) of those terms. Missing dates are not judged.
+    fn term_dates(&self, findings: &mut Vec<AuditFinding>) {
         let mut outside = Tally::default();
         for e in self.enrollments.iter().filter(|e| e.active) {
             let Some(class) = self.classes.get(&e.class) else {
                 continue;
             };
-            let terms: Vec<&SessionFacts> = class
+            let terms: Vec<&(Option<NaiveDate>, Option<NaiveDate>)> = class
                 .terms
                 .iter()
                 .filter_map(|t| self.sessions.get(t))
                 .collect();
-            let start = terms.iter().filter_map(|t| t.start).min();
-            let end = terms.iter().filter_map(|t| t.end).max();
+            let start = terms.iter().filter_map(|t| t.0).min();
+            let end = terms.iter().filter_map(|t| t.1).max();
             let early = matches!((e.begin, start), (Some(b), Some(s)) if b < s);
-            // endDate is exclusive on an enrollment, inclusive on a session.
             let late = matches!((e.end, end), (Some(x), Some(t)) if x > t + chrono::Days::new(1));
             if early || late {
                 outside.add(&e.id);
@@ -831,7 +539,7 @@ impl Facts {
         if outside.count > 0 {
             findings.push(finding(
                 "enrollment_outside_term",
-                Severity::Warning,
+                AuditSeverity::Warning,
                 "enrollments",
                 &outside,
                 format!(
@@ -842,89 +550,30 @@ impl Facts {
         }
     }
 
-    fn vocabulary(&self, findings: &mut Vec<Finding>) {
-        let mut push = |code, entity, field: &str, allowed: &[&str], tally: Tally| {
-            if tally.count > 0 {
-                findings.push(finding(
-                    code,
-                    Severity::Warning,
-                    entity,
-                    &tally,
-                    format!(
-                        "{} active {entity} have a {field} outside the OneRoster 1.1 vocabulary ({}; spelling matters)",
-                        tally.count,
-                        allowed.join(", ")
-                    ),
-                ));
-            }
-        };
-        let unknown = |t: &Option<String>, allowed: &[&str]| {
-            t.as_deref().is_some_and(|t| !allowed.contains(&t))
-        };
-
-        let mut tally = Tally::default();
-        for (id, o) in sorted(&self.orgs) {
-            if o.active && unknown(&o.org_type, ORG_TYPES) {
-                tally.add(id);
-            }
-        }
-        push("unknown_org_type", "orgs", "type", ORG_TYPES, tally);
-
-        let mut tally = Tally::default();
-        for (id, s) in sorted(&self.sessions) {
-            if s.active && unknown(&s.session_type, SESSION_TYPES) {
-                tally.add(id);
-            }
-        }
-        push(
-            "unknown_session_type",
-            "academic_sessions",
-            "type",
-            SESSION_TYPES,
-            tally,
-        );
-
-        let mut tally = Tally::default();
-        for (id, c) in sorted(&self.classes) {
-            if c.active && unknown(&c.class_type, CLASS_TYPES) {
-                tally.add(id);
-            }
-        }
-        push(
-            "unknown_class_type",
-            "classes",
-            "classType",
-            CLASS_TYPES,
-            tally,
-        );
-    }
-
-    fn coverage(&self, findings: &mut Vec<Finding>) {
-        if !self.complete("demographics") || !self.complete("users") {
-            return;
-        }
-        let students: Vec<&String> = sorted(&self.users)
+    /// Coverage over active students: with a gender, with ethnicity, with at least one race.
+    fn coverage(&self, findings: &mut Vec<AuditFinding>) {
+        let students: Vec<(&String, &UserFacts)> = sorted(&self.users)
             .filter(|(_, u)| u.active && u.role == "student")
-            .map(|(id, _)| id)
             .collect();
         if students.is_empty() {
             return;
         }
+        type Has = fn(&UserFacts) -> bool;
         let checks: [(&'static str, &str, Has); 3] = [
-            ("coverage_gender", "a gender", |d| d.gender),
+            ("coverage_gender", "a gender", |u| u.gender),
             (
                 "coverage_ethnicity",
                 "an ethnicity (Hispanic or Latino or not)",
-                |d| d.ethnicity,
+                |u| u.ethnicity,
             ),
-            ("coverage_race", "at least one race", |d| d.race),
+            ("coverage_race", "at least one race", |u| u.race),
         ];
         for (code, what, has) in checks {
             // The samples are students *without* the value: what someone would look up.
             let mut without = Tally::default();
             let mut with = 0u64;
-            for id in &students {
-                if self.demographics.get(*id).is_some_and(has) {
+            for (id, u) in &students {
+                if has(u) {
                     with += 1;
                 } else {
                     without.add(id);
@@ -932,13 +581,14 @@ impl Facts {
             }
             let share = with as f64 / students.len() as f64;
             let severity = if share < COVERAGE_WARNING {
-                Severity::Warning
+                AuditSeverity::Warning
             } else {
-                Severity::Info
+                AuditSeverity::Info
             };
-            findings.push(Finding {
+            findings.push(AuditFinding {
                 code,
                 severity,
+                blocking: false,
                 entity: "demographics",
                 count: with,
                 message: format!(
@@ -965,16 +615,17 @@ fn sorted<V>(map: &HashMap<String, V>) -> impl Iterator<Item = (&String, &V)> {
 
 fn finding(
     code: &'static str,
-    severity: Severity,
+    severity: AuditSeverity,
     entity: &'static str,
     tally: &Tally,
     message: String,
-) -> Finding {
+) -> AuditFinding {
     let mut samples = tally.samples.clone();
     samples.sort();
-    Finding {
+    AuditFinding {
         code,
         severity,
+        blocking: false,
         entity,
         count: tally.count,
         message,
@@ -982,27 +633,11 @@ fn finding(
     }
 }
 
-fn fetch_finding(endpoint: Endpoint, e: &FetchError) -> Finding {
-    let code = match e {
-        FetchError::Forbidden { .. } => "permission_denied",
-        e if e.is_permission() => "credentials_rejected",
-        _ => "fetch_failed",
-    };
-    Finding {
-        code,
-        severity: Severity::Blocking,
-        entity: endpoint.entity(),
-        count: 1,
-        message: crate::sync::error_chain(e),
-        samples: Vec::new(),
-    }
-}
-
 fn entity_rank(entity: &str) -> usize {
-    ENDPOINTS
+    Collection::ALL
         .iter()
-        .position(|e| e.entity() == entity)
-        .unwrap_or(ENDPOINTS.len())
+        .position(|c| c.name() == entity)
+        .unwrap_or(Collection::ALL.len())
 }
 
 impl AuditReport {
@@ -1037,24 +672,21 @@ impl AuditReport {
         }
         let _ = writeln!(out, "\nfindings: {}", self.findings.len());
         for f in &self.findings {
+            let severity = if f.blocking {
+                "BLOCKING".to_owned()
+            } else {
+                f.severity.as_str().to_uppercase()
+            };
             let _ = writeln!(
                 out,
-                "{:<8} {:<28} {:<18} {:>7}  {}",
-                f.severity.as_str().to_uppercase(),
-                f.code,
-                f.entity,
-                f.count,
-                f.message
+                "{severity:<8} {:<28} {:<18} {:>7}  {}",
+                f.code, f.entity, f.count, f.message
             );
             if !f.samples.is_empty() {
                 let _ = writeln!(out, "         samples: {}", f.samples.join(", "));
             }
         }
-        let blocking = self
-            .findings
-            .iter()
-            .filter(|f| f.severity == Severity::Blocking)
-            .count();
+        let blocking = self.findings.iter().filter(|f| f.blocking).count();
         let _ = write!(
             out,
             "\nresult: {}",
@@ -1076,43 +708,16 @@ mod tests {
         NaiveDate::from_ymd_opt(y, m, d)
     }
 
-    fn complete(facts: &mut Facts, entities: &[&'static str]) {
-        for entity in entities {
-            facts.total(entity).complete = true;
-        }
-    }
-
-    fn codes(report: &AuditReport) -> Vec<(&'static str, Severity, u64)> {
-        report
-            .findings
-            .iter()
-            .map(|f| (f.code, f.severity, f.count))
-            .collect()
-    }
-
-    /// A class `c1` in term `t1` (2026-08-17 .. 2027-01-23) with one active enrollment per
-    /// (begin, end) given.
     fn term_facts(dates: &[(Option<NaiveDate>, Option<NaiveDate>)]) -> Facts {
         let mut facts = Facts::default();
-        complete(&mut facts, &["academic_sessions", "classes", "enrollments"]);
-        facts.sessions.insert(
-            "t1".into(),
-            SessionFacts {
-                active: true,
-                parent: None,
-                session_type: Some("semester".into()),
-                start: date(2026, 8, 17),
-                end: date(2027, 1, 23),
-            },
-        );
+        facts
+            .sessions
+            .insert("t1".into(), (date(2026, 8, 17), date(2027, 1, 23)));
         facts.classes.insert(
             "c1".into(),
             ClassFacts {
                 active: true,
-                school: None,
-                course: None,
                 terms: vec!["t1".into()],
-                class_type: Some("scheduled".into()),
             },
         );
         for (i, (begin, end)) in dates.iter().enumerate() {
@@ -1144,154 +749,168 @@ mod tests {
         assert_eq!(findings[0].samples, vec!["e2", "e3"]);
     }
 
-    #[test]
-    fn dangling_share_decides_blocking_and_incomplete_targets_are_not_judged() {
-        let mut facts = Facts::default();
-        complete(&mut facts, &["users", "classes", "enrollments"]);
-        facts.total("enrollments").fetched = 200;
-        facts.classes.insert(
-            "c1".into(),
-            ClassFacts {
-                active: true,
-                school: None,
-                course: None,
-                terms: Vec::new(),
-                class_type: None,
-            },
-        );
-        let enrollment = |id: &str, user: &str| EnrollmentFacts {
-            id: id.into(),
-            active: true,
-            user: user.into(),
-            class: "c1".into(),
-            teacher: false,
-            begin: None,
-            end: None,
-        };
-        facts.enrollments.push(enrollment("e1", "ghost"));
-        facts.enrollments.push(enrollment("e2", "ghost"));
-        let mut findings = Vec::new();
-        facts.dangling(&mut findings);
-        // 2 of 200 is exactly 1 %: not over it.
-        assert_eq!(findings.len(), 1);
-        assert_eq!(
-            (findings[0].code, findings[0].severity, findings[0].count),
-            ("dangling_enrollment_user", Severity::Warning, 2)
-        );
-        facts.enrollments.push(enrollment("e3", "ghost"));
-        let mut findings = Vec::new();
-        facts.dangling(&mut findings);
-        assert_eq!(findings[0].severity, Severity::Blocking);
-
-        // Users not fetched completely: every reference would look dangling; say nothing.
-        facts.total("users").complete = false;
-        let mut findings = Vec::new();
-        facts.dangling(&mut findings);
-        assert!(findings.is_empty());
+    fn user(active: bool, role: &str, gender: bool, ethnicity: bool) -> UserFacts {
+        UserFacts {
+            active,
+            role: role.into(),
+            orgs: true,
+            gender,
+            ethnicity,
+            race: false,
+        }
     }
 
     #[test]
     fn duplicates_ignore_case_for_usernames_not_for_identifiers() {
         let mut facts = Facts::default();
-        complete(&mut facts, &["users"]);
         for (id, username, identifier) in
             [("u1", "Ana", "A1"), ("u2", "ana", "a1"), ("u3", "bo", "B")]
         {
             push_holder(&mut facts.usernames, username.to_lowercase(), id);
             push_holder(&mut facts.identifiers, identifier.to_owned(), id);
         }
-        let report = facts.report("d");
-        assert_eq!(
-            codes(&report),
-            vec![("duplicate_username", Severity::Warning, 2)]
-        );
-        assert_eq!(report.findings[0].samples, vec!["u1", "u2"]);
-        assert!(!report.blocking);
+        let mut findings = Vec::new();
+        facts.duplicates(&mut findings);
+        assert_eq!(findings.len(), 1);
+        assert_eq!(findings[0].code, "duplicate_username");
+        assert_eq!(findings[0].samples, vec!["u1", "u2"]);
     }
 
     #[test]
     fn coverage_below_half_is_a_warning_with_the_students_without() {
         let mut facts = Facts::default();
-        complete(&mut facts, &["users", "demographics"]);
-        for id in ["s1", "s2", "s3"] {
-            facts.users.insert(
-                id.into(),
-                UserFacts {
-                    active: true,
-                    role: "student".into(),
-                    orgs: vec!["o".into()],
-                },
-            );
-        }
-        facts.demographics.insert(
-            "s1".into(),
-            DemographicsFacts {
-                gender: true,
-                ethnicity: true,
-                race: false,
-            },
-        );
-        facts.demographics.insert(
-            "s2".into(),
-            DemographicsFacts {
-                gender: true,
-                ethnicity: false,
-                race: false,
-            },
-        );
-        let report = facts.report("d");
-        let by_code = |code: &str| {
-            report
-                .findings
-                .iter()
-                .find(|f| f.code == code)
-                .cloned()
-                .unwrap()
-        };
+        facts
+            .users
+            .insert("s1".into(), user(true, "student", true, true));
+        facts
+            .users
+            .insert("s2".into(), user(true, "student", true, false));
+        facts
+            .users
+            .insert("s3".into(), user(true, "student", false, false));
+        facts
+            .users
+            .insert("t1".into(), user(true, "teacher", false, false));
+        let mut findings = Vec::new();
+        facts.coverage(&mut findings);
+        let by_code = |code: &str| findings.iter().find(|f| f.code == code).cloned().unwrap();
         let gender = by_code("coverage_gender");
-        assert_eq!((gender.severity, gender.count), (Severity::Info, 2));
+        assert_eq!((gender.severity, gender.count), (AuditSeverity::Info, 2));
         assert_eq!(gender.samples, vec!["s3"]);
         let ethnicity = by_code("coverage_ethnicity");
         assert_eq!(
             (ethnicity.severity, ethnicity.count),
-            (Severity::Warning, 1)
+            (AuditSeverity::Warning, 1)
         );
         assert_eq!(ethnicity.samples, vec!["s2", "s3"]);
-        // Warnings sort before info.
-        assert_eq!(report.findings[0].severity, Severity::Warning);
+    }
+
+    #[test]
+    fn record_findings_block_over_one_percent_and_incomplete_targets_are_not_judged() {
+        use crate::domain::{Code, Finding};
+        let mut summary = FindingSummary::default();
+        for i in 0..2 {
+            summary.add(&Finding::new(
+                Code::EnrollmentUserMissing,
+                "enrollments",
+                format!("e{i}"),
+                "x",
+            ));
+        }
+        summary.add(&Finding::new(
+            Code::ClassCourseMissing,
+            "classes",
+            "c1",
+            "x",
+        ));
+        let totals = |users_complete: bool| {
+            let mut t = BTreeMap::new();
+            for name in ["enrollments", "classes", "courses"] {
+                t.insert(
+                    name,
+                    Totals {
+                        fetched: 200,
+                        complete: true,
+                        ..Totals::default()
+                    },
+                );
+            }
+            t.insert(
+                "users",
+                Totals {
+                    complete: users_complete,
+                    ..Totals::default()
+                },
+            );
+            t
+        };
+        let report = Facts::default().report("d", totals(true), &summary, Vec::new());
+        let codes: Vec<(&str, bool)> = report
+            .findings
+            .iter()
+            .map(|f| (f.code, f.blocking))
+            .collect();
+        // 2 of 200 is exactly 1 %: not over it; a warning never blocks.
+        assert_eq!(
+            codes,
+            vec![
+                ("enrollment_user_missing", false),
+                ("class_course_missing", false)
+            ]
+        );
+        let mut summary3 = summary.clone();
+        summary3.add(&Finding::new(
+            Code::EnrollmentUserMissing,
+            "enrollments",
+            "e9",
+            "x",
+        ));
+        let report = Facts::default().report("d", totals(true), &summary3, Vec::new());
+        assert!(report.blocking);
+        // Users not fetched completely: every reference to them means nothing.
+        let report = Facts::default().report("d", totals(false), &summary3, Vec::new());
+        assert!(
+            report
+                .findings
+                .iter()
+                .all(|f| f.code != "enrollment_user_missing")
+        );
+        assert!(!report.blocking);
     }
 
     #[test]
     fn fetch_failures_are_blocking_and_classified() {
-        let forbidden = fetch_finding(
-            Endpoint::Demographics,
-            &FetchError::Forbidden {
-                endpoint: Endpoint::Demographics,
-            },
+        use crate::oneroster::WireRecord;
+        let demographics = <crate::oneroster::wire::Demographics as WireRecord>::ENDPOINT;
+        let users = <crate::oneroster::wire::User as WireRecord>::ENDPOINT;
+        let forbidden = PullError::Fetch(FetchError::Forbidden {
+            endpoint: demographics,
+        });
+        let f = fetch_finding(
+            Collection::Demographics,
+            &forbidden,
+            DemographicsMode::Required,
         );
         assert_eq!(
-            (forbidden.code, forbidden.severity, forbidden.entity),
-            ("permission_denied", Severity::Blocking, "demographics")
+            (f.code, f.blocking, f.entity),
+            ("permission_denied", true, "demographics")
         );
-        let unauthorized = fetch_finding(
-            Endpoint::Users,
-            &FetchError::Unauthorized {
-                endpoint: Endpoint::Users,
-            },
+        let f = fetch_finding(
+            Collection::Demographics,
+            &forbidden,
+            DemographicsMode::Optional,
         );
-        assert_eq!(unauthorized.code, "credentials_rejected");
-        let incomplete = fetch_finding(
-            Endpoint::Users,
-            &FetchError::IncompletePage {
-                endpoint: Endpoint::Users,
-                offset: 500,
-                expected: 500,
-                got: 10,
-            },
-        );
-        assert_eq!(
-            (incomplete.code, incomplete.severity),
-            ("fetch_failed", Severity::Blocking)
-        );
+        assert_eq!((f.code, f.blocking), ("permission_denied", false));
+        let unauthorized = PullError::Fetch(FetchError::Unauthorized { endpoint: users });
+        let f = fetch_finding(Collection::Users, &unauthorized, DemographicsMode::Required);
+        assert_eq!((f.code, f.blocking), ("credentials_rejected", true));
+        let incomplete = PullError::Fetch(FetchError::IncompletePage {
+            endpoint: users,
+            offset: 500,
+            expected: 500,
+            got: 10,
+        });
+        let f = fetch_finding(Collection::Users, &incomplete, DemographicsMode::Required);
+        assert_eq!((f.code, f.blocking), ("fetch_failed", true));
     }
 }

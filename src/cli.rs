@@ -1,4 +1,8 @@
 //! The command line (CONTRACT §2). `main.rs` only calls [`main`].
+//!
+//! Output streams: a one-shot command prints its result on stdout and logs on stderr; with
+//! `--format json` stdout holds exactly one JSON document. The daemon (`run`) logs JSON lines
+//! on stdout. Every command runs on one tokio runtime.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,15 +10,18 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::info;
 
 use crate::audit;
-use crate::config::Settings;
+use crate::config::{DistrictConfig, Settings};
 use crate::db::Databases;
-use crate::safety;
+use crate::health;
+use crate::history;
+use crate::oneroster::OneRosterClient;
+use crate::pull;
 use crate::scheduler::{self, DistrictState};
 use crate::sync::{self, Outcome, RunOptions, RunReport};
-use crate::{health, telemetry};
+use crate::telemetry::{self, Output, error_chain};
 
 /// Exit status of a run that failed.
 pub const EXIT_FAILED: u8 = 1;
@@ -26,7 +33,7 @@ pub const EXIT_HELD: u8 = 3;
 pub const EXIT_BUSY: u8 = 4;
 
 /// How long `healthcheck` waits for `/readyz`.
-const HEALTHCHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+const HEALTHCHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -51,7 +58,7 @@ struct Cli {
 enum Command {
     /// The daemon: every enabled district on its schedule until SIGTERM/SIGINT.
     Run,
-    /// One cycle for one district (a full pull unless --delta), then exit.
+    /// One cycle for one district, then exit.
     Sync {
         #[arg(long)]
         district: String,
@@ -60,18 +67,19 @@ enum Command {
         dry_run: bool,
         /// Pull only what changed since the last successful run, as the daemon does between
         /// full pulls (falls back to a full pull when one is due or no watermark exists).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "full")]
         delta: bool,
-        /// How to print the run report (logs go to stdout either way).
+        /// Pull everything, whatever the upstream revision says (no shortcut, no delta).
+        #[arg(long)]
+        full: bool,
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
-    /// Pre-enablement data audit of a district: fetch, validate, report; writes nothing.
-    /// Exit 0 when no blocking finding, 1 otherwise.
+    /// Pre-enablement data audit of a district: fetch, validate, report; writes nothing and
+    /// needs no database. Exit 0 when no blocking finding, 1 otherwise.
     Audit {
         #[arg(long)]
         district: String,
-        /// `json`: one JSON document on the last line of stdout (after the log lines).
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
@@ -83,6 +91,8 @@ enum Command {
         /// show it).
         #[arg(long)]
         fingerprint: Option<String>,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
     },
     /// Pull every collection of a district and discard it (no database): checks that the
     /// district is reachable and readable, and measures the pull alone (the benchmark floor).
@@ -93,9 +103,15 @@ enum Command {
     /// Apply database migrations.
     Migrate,
     /// Load and validate the configuration and print the districts (secrets redacted).
-    CheckConfig,
+    CheckConfig {
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
     /// Each district's state, schedule, recent runs and any held change set.
-    Status,
+    Status {
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
     /// GET /readyz on `[daemon] listen` (for a container HEALTHCHECK): exit 0 when ready, 1
     /// otherwise.
     Healthcheck,
@@ -116,23 +132,12 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    if let Command::Pull { district } = &cli.command {
-        return match runtime_block_on(pull_district(&settings, district)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("oneroster-sync: {}", sync::error_chain(e.as_ref()));
-                ExitCode::from(EXIT_FAILED)
-            }
-        };
-    }
-    if let Command::CheckConfig = cli.command {
-        println!("{}", settings.describe());
-        return ExitCode::SUCCESS;
-    }
-    if let Command::Healthcheck = cli.command {
-        return healthcheck(&settings);
-    }
-    if let Err(e) = telemetry::init(&settings.log) {
+    // The daemon's output is its logs; every other command keeps stdout for its result.
+    let output = match cli.command {
+        Command::Run => Output::Stdout,
+        _ => Output::Stderr,
+    };
+    if let Err(e) = telemetry::init(&settings.log, output) {
         eprintln!("oneroster-sync: cannot set up logging: {e:#}");
         return ExitCode::from(EXIT_USAGE);
     }
@@ -150,176 +155,60 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             // The chain once, without repeating causes already quoted by their parents.
-            let chain = sync::error_chain(e.as_ref());
-            error!(error = %chain, "command failed");
-            eprintln!("oneroster-sync: {chain}");
+            eprintln!("oneroster-sync: {}", error_chain(e.as_ref()));
             ExitCode::from(EXIT_FAILED)
         }
     }
 }
 
-fn runtime_block_on<F: std::future::Future>(future: F) -> F::Output {
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt.block_on(future),
-        Err(e) => {
-            eprintln!("oneroster-sync: cannot start the async runtime: {e}");
-            std::process::exit(i32::from(EXIT_FAILED))
-        }
+/// A configured district, with its secret read (a district with `enabled = false` can still
+/// be synced or audited by hand, e.g. before go-live).
+fn district(settings: &Settings, id: &str) -> anyhow::Result<DistrictConfig> {
+    if settings.district(id).is_none() {
+        bail!("no district with id {id:?} in the configuration");
     }
-}
-
-/// `pull --district ID`: every page of every collection, parsed and discarded.
-async fn pull_district(settings: &Settings, district: &str) -> anyhow::Result<()> {
-    use crate::oneroster::{
-        DEMOGRAPHICS_FIELDS, Endpoint, OneRosterClient, PullQuery, WireRecord, wire,
-    };
-    use futures_util::TryStreamExt;
-
-    async fn count<W: WireRecord>(
-        client: &OneRosterClient,
-        endpoint: Endpoint,
-        query: PullQuery,
-    ) -> anyhow::Result<(usize, usize)> {
-        let mut pages = std::pin::pin!(client.pages::<W>(endpoint, query));
-        let (mut records, mut n) = (0, 0);
-        while let Some(page) = pages.try_next().await? {
-            records += page.records.len() + page.unreadable.len();
-            n += 1;
-        }
-        Ok((records, n))
-    }
-
-    if settings.district(district).is_none() {
-        bail!("no district with id {district:?} in the configuration");
-    }
-    let district = settings.with_resolved_secret(district)?;
-    let client = OneRosterClient::new(&district)?;
-    let started = std::time::Instant::now();
-    let mut results = Vec::new();
-    results.push((
-        Endpoint::Orgs,
-        count::<wire::Org>(&client, Endpoint::Orgs, PullQuery::default()).await?,
-    ));
-    results.push((
-        Endpoint::AcademicSessions,
-        count::<wire::AcademicSession>(&client, Endpoint::AcademicSessions, PullQuery::default())
-            .await?,
-    ));
-    results.push((
-        Endpoint::Courses,
-        count::<wire::Course>(&client, Endpoint::Courses, PullQuery::default()).await?,
-    ));
-    results.push((
-        Endpoint::Classes,
-        count::<wire::Class>(&client, Endpoint::Classes, PullQuery::default()).await?,
-    ));
-    results.push((
-        Endpoint::Users,
-        count::<wire::User>(&client, Endpoint::Users, PullQuery::default()).await?,
-    ));
-    if district.demographics {
-        let query = PullQuery {
-            fields: Some(DEMOGRAPHICS_FIELDS.to_vec()),
-            ..PullQuery::default()
-        };
-        results.push((
-            Endpoint::Demographics,
-            count::<wire::Demographics>(&client, Endpoint::Demographics, query).await?,
-        ));
-    }
-    results.push((
-        Endpoint::Enrollments,
-        count::<wire::Enrollment>(&client, Endpoint::Enrollments, PullQuery::default()).await?,
-    ));
-    let elapsed = started.elapsed();
-    let total: usize = results.iter().map(|(_, (r, _))| r).sum();
-    let pages: usize = results.iter().map(|(_, (_, p))| p).sum();
-    let endpoints: serde_json::Map<String, serde_json::Value> = results
-        .iter()
-        .map(|(e, (records, pages))| {
-            (
-                e.path().to_string(),
-                serde_json::json!({ "records": records, "pages": pages }),
-            )
-        })
-        .collect();
-    println!(
-        "{}",
-        serde_json::json!({
-            "district": district.id,
-            "duration_ms": elapsed.as_millis() as u64,
-            "records": total,
-            "pages": pages,
-            "endpoints": endpoints,
-        })
-    );
-    Ok(())
+    Ok(settings.with_resolved_secret(id)?)
 }
 
 async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
-    // The audit only reads the district's API: it needs no database and must write nothing.
-    if let Command::Audit { district, format } = &command {
-        return audit_district(&settings, district, *format).await;
-    }
-    let dbs = Databases::connect(&settings).await?;
-    dbs.migrate().await?;
     match command {
+        // These need no database.
+        Command::CheckConfig { format } => {
+            match format {
+                Format::Text => print!("{}", settings.describe()),
+                Format::Json => print_json(&settings.describe_json())?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Healthcheck => Ok(healthcheck(&settings).await),
+        Command::Pull { district: id } => {
+            pull_district(&district(&settings, &id)?).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        // The audit only reads the district's API: it must write nothing.
+        Command::Audit {
+            district: id,
+            format,
+        } => audit_district(&district(&settings, &id)?, format).await,
         Command::Migrate => {
+            databases(&settings).await?;
             info!("migrations applied");
+            println!("migrations applied");
             Ok(ExitCode::SUCCESS)
         }
         Command::Sync {
-            district,
+            district: id,
             dry_run,
             delta,
+            full: _,
             format,
         } => {
-            if settings.district(&district).is_none() {
-                bail!("no district with id {district:?} in the configuration");
-            }
-            // A district with `enabled = false` can still be synced by hand (e.g. dry runs
-            // before go-live); its secret is only read now.
-            let district = settings.with_resolved_secret(&district)?;
-            // A run that writes takes the district's lock, as the daemon does, so it never
-            // overlaps a daemon's run of the same district (a dry run writes nothing).
-            let lock = if dry_run {
-                None
-            } else {
-                match scheduler::try_lock_district(&dbs, &district.id).await? {
-                    Some(lock) => Some(lock),
-                    None => {
-                        eprintln!(
-                            "oneroster-sync: district {} is being synced by another process \
-                             (a daemon?) right now; nothing done, try again later",
-                            district.id
-                        );
-                        return Ok(ExitCode::from(EXIT_BUSY));
-                    }
-                }
-            };
-            let report = sync::run_once(
-                &dbs,
-                &district,
-                RunOptions {
-                    dry_run,
-                    allow_delta: delta,
-                },
-            )
-            .await;
-            if let Some(lock) = lock {
-                lock.release().await;
-            }
-            print_report(&report, format)?;
-            Ok(ExitCode::from(match report.outcome {
-                Outcome::Failed => EXIT_FAILED,
-                Outcome::Held => EXIT_HELD,
-                _ => 0,
-            }))
+            let district = district(&settings, &id)?;
+            let dbs = databases(&settings).await?;
+            sync_district(&dbs, &district, dry_run, delta, format).await
         }
         Command::Run => {
+            let dbs = databases(&settings).await?;
             let shutdown = CancellationToken::new();
             let on_signal = shutdown.clone();
             tokio::spawn(async move {
@@ -329,70 +218,115 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
             scheduler::run(&dbs, &settings, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status => {
-            print_status(&dbs, &settings).await?;
+        Command::Status { format } => {
+            let dbs = databases(&settings).await?;
+            print_status(&dbs, &settings, format).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Healthcheck => Ok(healthcheck(&settings)),
         Command::Approve {
-            district,
+            district: id,
             fingerprint,
+            format,
         } => {
-            if settings.district(&district).is_none() {
-                bail!("no district with id {district:?} in the configuration");
+            if settings.district(&id).is_none() {
+                bail!("no district with id {id:?} in the configuration");
             }
-            match safety::approve(&dbs.state, &district, fingerprint.as_deref())
-                .await
-                .context("approving the held change set")?
-            {
-                Some(held) => {
-                    info!(district = %district, fingerprint = %held.fingerprint, "held change set approved");
-                    println!(
-                        "approved change set {} of district {district} (held at {}, reasons: {}); \
-                         it applies on the district's next run if the source has not moved on",
-                        held.fingerprint,
-                        held.held_at.to_rfc3339(),
-                        held.reasons
-                    );
-                    Ok(ExitCode::SUCCESS)
-                }
-                None => {
-                    eprintln!(
-                        "oneroster-sync: district {district} has no held change set{}",
-                        fingerprint
-                            .map(|f| format!(" with fingerprint {f}"))
-                            .unwrap_or_default()
-                    );
-                    Ok(ExitCode::from(EXIT_FAILED))
-                }
-            }
-        }
-        // Both are handled before the database is opened (check-config in `main`).
-        Command::Audit { .. } | Command::CheckConfig | Command::Pull { .. } => {
-            Ok(ExitCode::SUCCESS)
+            let dbs = databases(&settings).await?;
+            approve(&dbs, &id, fingerprint.as_deref(), format).await
         }
     }
 }
 
-/// `audit --district ID`: exit 0 when no blocking finding, 1 otherwise.
-async fn audit_district(
-    settings: &Settings,
-    district: &str,
+/// The daemon's databases, migrated (every command that uses them migrates first).
+async fn databases(settings: &Settings) -> anyhow::Result<Databases> {
+    let dbs = Databases::connect(settings).await?;
+    dbs.migrate().await?;
+    Ok(dbs)
+}
+
+async fn sync_district(
+    dbs: &Databases,
+    district: &DistrictConfig,
+    dry_run: bool,
+    delta: bool,
     format: Format,
 ) -> anyhow::Result<ExitCode> {
-    if settings.district(district).is_none() {
-        bail!("no district with id {district:?} in the configuration");
+    // A run that writes takes the district's lock, as the daemon does, so it never overlaps a
+    // daemon's run of the same district (a dry run writes nothing).
+    let lock = if dry_run {
+        None
+    } else {
+        match scheduler::try_lock_district(dbs, &district.id).await? {
+            Some(lock) => Some(lock),
+            None => {
+                eprintln!(
+                    "oneroster-sync: district {} is being synced by another process \
+                     (a daemon?) right now; nothing done, try again later",
+                    district.id
+                );
+                return Ok(ExitCode::from(EXIT_BUSY));
+            }
+        }
+    };
+    let options = RunOptions {
+        dry_run,
+        allow_delta: delta,
+    };
+    let report = sync::run_once(dbs, district, options).await;
+    if let Some(lock) = lock {
+        lock.release().await;
     }
-    // Audits come before go-live, so the district is usually `enabled = false`: read its
-    // secret now.
-    let district = settings.with_resolved_secret(district)?;
-    let report = audit::run(&district).await?;
     match format {
-        // Logs share stdout: the document is one line, and the last one.
-        Format::Json => println!(
-            "{}",
-            serde_json::to_string(&report).context("serializing the audit report")?
-        ),
+        Format::Json => print_json(&report)?,
+        Format::Text => print!("{}", render_report(&report)),
+    }
+    Ok(ExitCode::from(match report.outcome {
+        Outcome::Failed => EXIT_FAILED,
+        Outcome::Held => EXIT_HELD,
+        _ => 0,
+    }))
+}
+
+/// One JSON document on stdout.
+fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!(
+        "{}",
+        serde_json::to_string(value).context("serializing the result")?
+    );
+    Ok(())
+}
+
+/// `pull --district ID`: every page of every collection, parsed and discarded.
+async fn pull_district(district: &DistrictConfig) -> anyhow::Result<()> {
+    let client = OneRosterClient::new(district)?;
+    let started = std::time::Instant::now();
+    let results = pull::fetch_only(&client, district.demographics).await?;
+    let elapsed = started.elapsed();
+    let total: usize = results.iter().map(|(_, r, _)| r).sum();
+    let pages: usize = results.iter().map(|(_, _, p)| p).sum();
+    let endpoints: serde_json::Map<String, serde_json::Value> = results
+        .iter()
+        .map(|(c, records, pages)| {
+            (
+                c.endpoint().path.to_owned(),
+                serde_json::json!({ "records": records, "pages": pages }),
+            )
+        })
+        .collect();
+    print_json(&serde_json::json!({
+        "district": district.id,
+        "duration_ms": elapsed.as_millis() as u64,
+        "records": total,
+        "pages": pages,
+        "endpoints": endpoints,
+    }))
+}
+
+/// `audit --district ID`: exit 0 when no blocking finding, 1 otherwise.
+async fn audit_district(district: &DistrictConfig, format: Format) -> anyhow::Result<ExitCode> {
+    let report = audit::run(district).await?;
+    match format {
+        Format::Json => print_json(&report)?,
         Format::Text => println!("{}", report.render_text()),
     }
     Ok(if report.blocking {
@@ -400,6 +334,38 @@ async fn audit_district(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+async fn approve(
+    dbs: &Databases,
+    district: &str,
+    fingerprint: Option<&str>,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
+    let approved = history::approve(&dbs.state, district, fingerprint)
+        .await
+        .context("approving the held change set")?;
+    let Some(held) = approved else {
+        eprintln!(
+            "oneroster-sync: district {district} has no held change set{}",
+            fingerprint
+                .map(|f| format!(" with fingerprint {f}"))
+                .unwrap_or_default()
+        );
+        return Ok(ExitCode::from(EXIT_FAILED));
+    };
+    info!(district = %district, fingerprint = %held.fingerprint, "held change set approved");
+    match format {
+        Format::Json => print_json(&held)?,
+        Format::Text => println!(
+            "approved change set {} of district {district} (held at {}, reasons: {}); \
+             it applies on the district's next run if the source has not moved on",
+            held.fingerprint,
+            held.held_at.to_rfc3339(),
+            held.reasons
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn wait_for_signal() {
@@ -424,23 +390,14 @@ async fn wait_for_signal() {
     }
 }
 
-fn print_report(report: &RunReport, format: Format) -> anyhow::Result<()> {
-    match format {
-        Format::Json => {
-            println!(
-                "{}",
-                serde_json::to_string(report).context("serializing the report")?
-            );
-        }
-        Format::Text => eprintln!("{}", render_report(report)),
-    }
-    Ok(())
-}
-
 /// The run report as a table, for people.
 pub fn render_report(r: &RunReport) -> String {
-    let mut out = format!(
-        "district {} run {}: {}{} in {} ms ({} pull)\n",
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    // Writing to a String cannot fail; the results are ignored for that reason.
+    let _ = writeln!(
+        out,
+        "district {} run {}: {}{} in {} ms ({} pull{})",
         r.district,
         r.run_id,
         r.outcome.as_str(),
@@ -450,15 +407,21 @@ pub fn render_report(r: &RunReport) -> String {
             ""
         },
         r.duration_ms,
-        if r.full_pull { "full" } else { "delta" }
+        r.pull.as_str(),
+        r.pull_reason
+            .as_deref()
+            .map(|reason| format!(": {reason}"))
+            .unwrap_or_default()
     );
-    out.push_str(&format!(
-        "{:<18} {:>9} {:>9} {:>9} {:>11} {:>9} {:>9}\n",
+    let _ = writeln!(
+        out,
+        "{:<18} {:>9} {:>9} {:>9} {:>11} {:>9} {:>9}",
         "entity", "fetched", "created", "updated", "reactivated", "deleted", "skipped"
-    ));
+    );
     for (entity, c) in &r.counts {
-        out.push_str(&format!(
-            "{:<18} {:>9} {:>9} {:>9} {:>11} {:>9} {:>9}\n",
+        let _ = writeln!(
+            out,
+            "{:<18} {:>9} {:>9} {:>9} {:>11} {:>9} {:>9}",
             entity.as_str(),
             c.fetched,
             c.created,
@@ -466,7 +429,7 @@ pub fn render_report(r: &RunReport) -> String {
             c.reactivated,
             c.deleted,
             c.skipped
-        ));
+        );
     }
     if let Some(hold) = &r.hold {
         let state = match (r.outcome, hold.approved) {
@@ -475,62 +438,59 @@ pub fn render_report(r: &RunReport) -> String {
             (_, true) => "over safety limits but approved",
             _ => "over safety limits",
         };
-        out.push_str(&format!(
-            "change set {state} (fingerprint {})\n",
-            hold.fingerprint
-        ));
+        let _ = writeln!(out, "change set {state} (fingerprint {})", hold.fingerprint);
         for b in &hold.breaches {
-            out.push_str(&format!("  {b}\n"));
+            let _ = writeln!(out, "  {b}");
         }
         if r.outcome == Outcome::Held {
-            out.push_str(&format!(
-                "  review it, then: oneroster-sync approve --district {}\n",
+            let _ = writeln!(
+                out,
+                "  review it, then: oneroster-sync approve --district {}",
                 r.district
-            ));
+            );
         }
     }
     if !r.samples.is_empty() {
         out.push_str("sample ids:\n");
         for (entity, ops) in &r.samples {
             for (op, ids) in ops {
-                out.push_str(&format!("  {entity} {op}: {}\n", ids.join(", ")));
+                let _ = writeln!(out, "  {entity} {op}: {}", ids.join(", "));
             }
         }
     }
-    if !r.skipped.is_empty() {
-        out.push_str("skipped records:\n");
-        for s in r.skipped.iter().take(50) {
-            out.push_str(&format!("  {} {}: {}\n", s.entity, s.sourced_id, s.reason));
+    if !r.findings.is_empty() {
+        out.push_str("findings (errors: skipped; warnings: stored):\n");
+        for f in r.findings.entries() {
+            let _ = writeln!(
+                out,
+                "  {:<8} {:<28} {:<18} {:>7}  e.g. {}",
+                f.severity.as_str(),
+                f.code.as_str(),
+                f.entity,
+                f.count,
+                f.samples.join(", ")
+            );
         }
-        if r.skipped.len() > 50 {
-            out.push_str(&format!(
-                "  ... and {} more (see sync.runs)\n",
-                r.skipped.len() - 50
-            ));
-        }
+        let _ = writeln!(
+            out,
+            "  every record: oneroster-sync report --district {} --run {}",
+            r.district, r.run_id
+        );
     }
     if let Some(e) = &r.error {
-        out.push_str(&format!("error: {e}\n"));
+        let _ = writeln!(out, "error: {e}");
     }
     out
 }
 
 /// `healthcheck`: 0 when `/readyz` answers 200, 1 otherwise (or when no listener is
 /// configured).
-fn healthcheck(settings: &Settings) -> ExitCode {
+async fn healthcheck(settings: &Settings) -> ExitCode {
     let Some(addr) = settings.daemon.listen else {
         eprintln!("oneroster-sync: no [daemon] listen address configured: nothing to check");
         return ExitCode::from(EXIT_FAILED);
     };
-    let probed = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())
-        .and_then(|rt| {
-            rt.block_on(health::probe_ready(addr, HEALTHCHECK_TIMEOUT))
-                .map_err(|e| e.to_string())
-        });
-    match probed {
+    match health::probe_ready(addr, HEALTHCHECK_TIMEOUT).await {
         Ok(200) => {
             println!("ready");
             ExitCode::SUCCESS
@@ -546,14 +506,40 @@ fn healthcheck(settings: &Settings) -> ExitCode {
     }
 }
 
-async fn print_status(dbs: &Databases, settings: &Settings) -> anyhow::Result<()> {
+async fn print_status(dbs: &Databases, settings: &Settings, format: Format) -> anyhow::Result<()> {
+    let views = scheduler::district_views(&dbs.state, settings)
+        .await
+        .context("reading the districts' state")?;
+    let runs = history::runs(&dbs.state, None, 5)
+        .await
+        .context("reading the run history")?;
+    let held = history::all_pending(&dbs.state)
+        .await
+        .context("reading held change sets")?;
+    if format == Format::Json {
+        let districts: Vec<serde_json::Value> = views
+            .iter()
+            .map(|v| {
+                serde_json::json!({
+                    "id": v.id,
+                    "state": v.state.as_str(),
+                    "last_success_at": v.last_success_at,
+                    "consecutive_failures": v.consecutive_failures,
+                    "next_run_at": v.next_run_at,
+                    "leased_by": v.leased_by,
+                })
+            })
+            .collect();
+        return print_json(&serde_json::json!({
+            "districts": districts,
+            "held": held,
+            "runs": runs,
+        }));
+    }
     let ts = |t: Option<chrono::DateTime<chrono::Utc>>| {
         t.map_or_else(|| "never".to_owned(), |t| t.to_rfc3339())
     };
-    for v in scheduler::district_views(&dbs.state, settings)
-        .await
-        .context("reading the districts' state")?
-    {
+    for v in &views {
         let running = match (&v.state, &v.leased_by) {
             (DistrictState::Running, Some(by)) => format!(" (by {by})"),
             _ => String::new(),
@@ -567,43 +553,27 @@ async fn print_status(dbs: &Databases, settings: &Settings) -> anyhow::Result<()
             ts(v.next_run_at)
         );
     }
-    let rows: Vec<(String, String, chrono::DateTime<chrono::Utc>, Option<String>)> = sqlx::query_as(
-        "SELECT district_id, outcome, started_at, error FROM (
-            SELECT *, row_number() OVER (PARTITION BY district_id ORDER BY started_at DESC) AS n FROM sync.runs
-         ) r WHERE n <= 5 ORDER BY district_id, started_at DESC",
-    )
-    .fetch_all(&dbs.state)
-    .await
-    .context("reading the run history")?;
-    let held: Vec<(
-        String,
-        String,
-        chrono::DateTime<chrono::Utc>,
-        bool,
-        serde_json::Value,
-    )> = sqlx::query_as(
-        "SELECT district_id, fingerprint, held_at, approved_at IS NOT NULL, reasons
-         FROM sync.held_change_sets WHERE released_at IS NULL ORDER BY district_id, held_at DESC",
-    )
-    .fetch_all(&dbs.state)
-    .await
-    .context("reading held change sets")?;
-    for (district, fingerprint, held_at, approved, reasons) in held {
+    for h in &held {
         println!(
-            "{district:<20} HELD since {} fingerprint {fingerprint}{} reasons {reasons}",
-            held_at.to_rfc3339(),
-            if approved {
+            "{:<20} HELD since {} fingerprint {}{} reasons {}",
+            h.district,
+            h.held_at.to_rfc3339(),
+            h.fingerprint,
+            if h.approved {
                 " (approved, applies on the next run)"
             } else {
                 ""
-            }
+            },
+            h.reasons
         );
     }
-    for (district, outcome, started, error) in rows {
+    for r in &runs {
         println!(
-            "{district:<20} {} {outcome:<14} {}",
-            started.to_rfc3339(),
-            error.unwrap_or_default()
+            "{:<20} {} {:<14} {}",
+            r.district_id,
+            r.started_at.to_rfc3339(),
+            r.outcome,
+            r.error.clone().unwrap_or_default()
         );
     }
     Ok(())

@@ -36,7 +36,11 @@ pub mod defaults {
     pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
     pub const MAX_RETRIES: u32 = 6;
     pub const RUN_TIMEOUT: Duration = Duration::from_secs(4 * 60 * 60);
-    pub const DEMOGRAPHICS: bool = true;
+    pub const DEMOGRAPHICS: super::DemographicsMode = super::DemographicsMode::Required;
+    /// More than this share of the users holding demographics losing them holds the run
+    /// (a change of sharing, more often than of the roster).
+    pub const MAX_DEMOGRAPHICS_CLEAR_PERCENT: f64 = 10.0;
+    pub const MAX_DEMOGRAPHICS_CLEAR_COUNT: u64 = 500;
     /// Safety limits (CONTRACT §6), per entity type: Clever holds more than 10 % deleted or
     /// 75 % updated; Entra Connect holds 500 deletions; Okta applies percentages only above a
     /// floor of 100.
@@ -336,9 +340,52 @@ pub struct DistrictConfig {
     pub request_timeout: Duration,
     pub max_retries: u32,
     pub run_timeout: Duration,
-    pub demographics: bool,
+    pub demographics: DemographicsMode,
     /// Safety limits per entity type (every type has an entry).
     pub limits: BTreeMap<Entity, SafetyLimits>,
+    pub demographics_limits: DemographicsLimits,
+}
+
+/// Whether a district's demographics are pulled (`demographics = ...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DemographicsMode {
+    /// Pulled; a failure fails the run (`"required"`, or `true`).
+    Required,
+    /// Pulled; an endpoint that is forbidden (403) or absent (404) is logged and the run goes
+    /// on without (the users' stored demographics are then judged by the clear limit).
+    Optional,
+    /// Not pulled (`"off"`, or `false`): users are stored without demographics.
+    Off,
+}
+
+impl DemographicsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DemographicsMode::Required => "required",
+            DemographicsMode::Optional => "optional",
+            DemographicsMode::Off => "off",
+        }
+    }
+
+    pub fn pulled(self) -> bool {
+        self != DemographicsMode::Off
+    }
+}
+
+/// When losing stored demographics holds a run (CONTRACT §6, like deletions).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DemographicsLimits {
+    pub max_clear_percent: f64,
+    pub max_clear_count: u64,
+}
+
+impl Default for DemographicsLimits {
+    fn default() -> Self {
+        DemographicsLimits {
+            max_clear_percent: defaults::MAX_DEMOGRAPHICS_CLEAR_PERCENT,
+            max_clear_count: defaults::MAX_DEMOGRAPHICS_CLEAR_COUNT,
+        }
+    }
 }
 
 /// Where a district's client secret (or bearer token) comes from.
@@ -496,7 +543,9 @@ struct RawDistrict {
     request_timeout: Option<String>,
     max_retries: Option<i64>,
     run_timeout: Option<String>,
-    demographics: Option<bool>,
+    demographics: Option<RawDemographics>,
+    max_demographics_clear_percent: Option<f64>,
+    max_demographics_clear_count: Option<i64>,
     pause: Option<Vec<String>>,
     max_delete_percent: Option<f64>,
     max_delete_count: Option<i64>,
@@ -505,6 +554,14 @@ struct RawDistrict {
     min_population: Option<i64>,
     /// Per entity type overrides of the limits above: `[districts.limits.enrollments]`.
     limits: Option<BTreeMap<String, RawLimits>>,
+}
+
+/// `demographics = true | false | "required" | "optional" | "off"`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawDemographics {
+    Flag(bool),
+    Mode(String),
 }
 
 #[derive(Deserialize, Default)]
@@ -714,107 +771,170 @@ impl Settings {
     /// What `check-config` prints: every setting, URLs with passwords redacted, secrets shown only
     /// by where they come from.
     pub fn describe(&self) -> String {
+        let (top, districts) = self.description();
         let mut out = String::new();
         // Writing to a String cannot fail; the results are ignored for that reason.
-        if !self.source.as_os_str().is_empty() {
-            let _ = writeln!(out, "config: {}", self.source.display());
+        for (key, value) in &top {
+            let _ = writeln!(out, "{key}: {value}");
         }
-        let _ = writeln!(out, "database: {}", self.database.redacted());
-        match &self.store {
-            Some(store) => {
-                let _ = writeln!(out, "store: {}", store.redacted());
+        let _ = writeln!(out, "districts: {}", districts.len());
+        for (id, entries) in &districts {
+            let _ = writeln!(out, "\ndistrict \"{id}\"");
+            for (key, value) in entries {
+                let _ = writeln!(out, "  {key}: {value}");
             }
-            None => out.push_str("store: same as database\n"),
         }
+        out
+    }
+
+    /// [`Settings::describe`] as one JSON document (`check-config --format json`).
+    pub fn describe_json(&self) -> serde_json::Value {
+        let (top, districts) = self.description();
+        let object = |entries: &[(String, String)]| {
+            serde_json::Value::Object(
+                entries
+                    .iter()
+                    .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                    .collect(),
+            )
+        };
+        let mut doc = object(&top);
+        doc["districts"] = serde_json::Value::Array(
+            districts
+                .iter()
+                .map(|(id, entries)| {
+                    let mut d = object(entries);
+                    d["id"] = serde_json::Value::String(id.clone());
+                    d
+                })
+                .collect(),
+        );
+        doc
+    }
+
+    /// What `check-config` shows, secrets redacted: the top-level settings, then each
+    /// district's, as (key, value) pairs.
+    #[allow(clippy::type_complexity)]
+    fn description(&self) -> (Vec<(String, String)>, Vec<(String, Vec<(String, String)>)>) {
+        let h = |d: Duration| humantime::format_duration(d).to_string();
+        let mut top: Vec<(String, String)> = Vec::new();
+        let mut put = |k: &str, v: String| top.push((k.to_owned(), v));
+        if !self.source.as_os_str().is_empty() {
+            put("config", self.source.display().to_string());
+        }
+        put("database", self.database.redacted());
+        put(
+            "store",
+            self.store
+                .as_ref()
+                .map_or_else(|| "same as database".to_owned(), DatabaseSettings::redacted),
+        );
         let format = match self.log.format {
             LogFormat::Json => "json",
             LogFormat::Pretty => "pretty",
         };
-        let _ = writeln!(out, "log: format = {format}, level = {}", self.log.level);
+        put(
+            "log",
+            format!("format = {format}, level = {}", self.log.level),
+        );
         let dm = &self.daemon;
-        let _ = writeln!(
-            out,
-            "daemon: max_concurrent_runs = {}, quarantine_after = {}, shutdown_grace = {}, \
-             heartbeat_interval = {}, max_backoff = {}, listen = {}",
-            dm.max_concurrent_runs,
-            dm.quarantine_after,
-            humantime::format_duration(dm.shutdown_grace),
-            humantime::format_duration(dm.heartbeat_interval),
-            humantime::format_duration(dm.max_backoff),
-            dm.listen
-                .map_or_else(|| "(off)".to_owned(), |a| a.to_string())
+        put(
+            "daemon",
+            format!(
+                "max_concurrent_runs = {}, quarantine_after = {}, shutdown_grace = {}, \
+                 heartbeat_interval = {}, max_backoff = {}, listen = {}",
+                dm.max_concurrent_runs,
+                dm.quarantine_after,
+                h(dm.shutdown_grace),
+                h(dm.heartbeat_interval),
+                h(dm.max_backoff),
+                dm.listen
+                    .map_or_else(|| "(off)".to_owned(), |a| a.to_string())
+            ),
         );
         if let Some(dir) = &self.districts_dir {
-            let _ = writeln!(out, "districts_dir: {}", dir.display());
+            put("districts_dir", dir.display().to_string());
         }
-        let _ = writeln!(out, "districts: {}", self.districts.len());
-        for d in &self.districts {
-            let h = |d: Duration| humantime::format_duration(d).to_string();
-            let _ = writeln!(out, "\ndistrict \"{}\"", d.id);
-            let _ = writeln!(out, "  enabled: {}", d.enabled);
-            let _ = writeln!(out, "  base_url: {}", d.base_url);
-            let _ = writeln!(out, "  auth: {}", d.auth.mode());
-            match &d.auth {
-                AuthConfig::OAuth2 {
-                    token_url,
-                    client_id,
-                    scope,
-                    ..
-                } => {
-                    let _ = writeln!(out, "  token_url: {token_url}");
-                    let _ = writeln!(out, "  client_id: {client_id}");
-                    let _ = writeln!(out, "  scope: {}", scope.as_deref().unwrap_or("(none)"));
+        let districts = self
+            .districts
+            .iter()
+            .map(|d| {
+                let mut e: Vec<(String, String)> = Vec::new();
+                let mut put = |k: &str, v: String| e.push((k.to_owned(), v));
+                put("enabled", d.enabled.to_string());
+                put("base_url", d.base_url.to_string());
+                put("auth", d.auth.mode().to_owned());
+                match &d.auth {
+                    AuthConfig::OAuth2 {
+                        token_url,
+                        client_id,
+                        scope,
+                        ..
+                    } => {
+                        put("token_url", token_url.to_string());
+                        put("client_id", client_id.clone());
+                        put("scope", scope.clone().unwrap_or_else(|| "(none)".into()));
+                    }
+                    AuthConfig::OAuth1 { client_id, .. } => put("client_id", client_id.clone()),
+                    AuthConfig::Bearer { .. } => {}
                 }
-                AuthConfig::OAuth1 { client_id, .. } => {
-                    let _ = writeln!(out, "  client_id: {client_id}");
-                }
-                AuthConfig::Bearer { .. } => {}
-            }
-            let secret_key = match d.auth {
-                AuthConfig::Bearer { .. } => "token",
-                _ => "client_secret",
-            };
-            let source = self
-                .secret_sources
-                .get(&d.id)
-                .map_or_else(|| "(unknown)".to_owned(), SecretSource::describe);
-            let resolved = if d.enabled {
-                ""
-            } else {
-                " (not read: disabled)"
-            };
-            let _ = writeln!(out, "  {secret_key}: {source}{resolved}");
-            let _ = writeln!(out, "  interval: {}", h(d.interval));
-            let _ = writeln!(out, "  full_interval: {}", h(d.full_interval));
-            let _ = writeln!(out, "  delta_overlap: {}", h(d.delta_overlap));
-            let _ = writeln!(out, "  page_size: {}", d.page_size);
-            let _ = writeln!(out, "  dry_run: {}", d.dry_run);
-            let _ = writeln!(out, "  concurrency: {}", d.concurrency);
-            let _ = writeln!(out, "  connect_timeout: {}", h(d.connect_timeout));
-            let _ = writeln!(out, "  request_timeout: {}", h(d.request_timeout));
-            let _ = writeln!(out, "  max_retries: {}", d.max_retries);
-            let _ = writeln!(out, "  run_timeout: {}", h(d.run_timeout));
-            let _ = writeln!(out, "  demographics: {}", d.demographics);
-            if !self.pause(&d.id).is_empty() {
-                let windows: Vec<String> =
-                    self.pause(&d.id).iter().map(ToString::to_string).collect();
-                let _ = writeln!(out, "  pause: {}", windows.join(", "));
-            }
-            for (entity, l) in &d.limits {
-                let _ = writeln!(
-                    out,
-                    "  limits.{entity}: delete > {}% or > {} rows, update > {}%{} (percentages from {} active rows)",
-                    l.max_delete_percent,
-                    l.max_delete_count,
-                    l.max_update_percent,
-                    l.max_update_count
-                        .map(|n| format!(" or > {n} rows"))
-                        .unwrap_or_default(),
-                    l.min_population
+                let secret_key = match d.auth {
+                    AuthConfig::Bearer { .. } => "token",
+                    _ => "client_secret",
+                };
+                let source = self
+                    .secret_sources
+                    .get(&d.id)
+                    .map_or_else(|| "(unknown)".to_owned(), SecretSource::describe);
+                let resolved = if d.enabled {
+                    ""
+                } else {
+                    " (not read: disabled)"
+                };
+                put(secret_key, format!("{source}{resolved}"));
+                put("interval", h(d.interval));
+                put("full_interval", h(d.full_interval));
+                put("delta_overlap", h(d.delta_overlap));
+                put("page_size", d.page_size.to_string());
+                put("dry_run", d.dry_run.to_string());
+                put("concurrency", d.concurrency.to_string());
+                put("connect_timeout", h(d.connect_timeout));
+                put("request_timeout", h(d.request_timeout));
+                put("max_retries", d.max_retries.to_string());
+                put("run_timeout", h(d.run_timeout));
+                put("demographics", d.demographics.as_str().to_owned());
+                put(
+                    "demographics_limits",
+                    format!(
+                        "clear > {}% or > {} users",
+                        d.demographics_limits.max_clear_percent,
+                        d.demographics_limits.max_clear_count
+                    ),
                 );
-            }
-        }
-        out
+                if !self.pause(&d.id).is_empty() {
+                    let windows: Vec<String> =
+                        self.pause(&d.id).iter().map(ToString::to_string).collect();
+                    put("pause", windows.join(", "));
+                }
+                for (entity, l) in &d.limits {
+                    put(
+                        &format!("limits.{entity}"),
+                        format!(
+                            "delete > {}% or > {} rows, update > {}%{} (percentages from {} active rows)",
+                            l.max_delete_percent,
+                            l.max_delete_count,
+                            l.max_update_percent,
+                            l.max_update_count
+                                .map(|n| format!(" or > {n} rows"))
+                                .unwrap_or_default(),
+                            l.min_population
+                        ),
+                    );
+                }
+                (d.id.clone(), e)
+            })
+            .collect();
+        (top, districts)
     }
 }
 
@@ -1367,11 +1487,67 @@ fn parse_district(
             raw.run_timeout,
             defaults::RUN_TIMEOUT,
         )?,
-        demographics: raw.demographics.unwrap_or(defaults::DEMOGRAPHICS),
+        demographics: demographics_mode(&scope, raw.demographics.take())?,
         limits: safety_limits(&scope, &raw_limits, raw_overrides)?,
+        demographics_limits: demographics_limits(
+            &scope,
+            raw.max_demographics_clear_percent,
+            raw.max_demographics_clear_count,
+        )?,
         id,
     };
     Ok((district, secret_source, pause))
+}
+
+fn demographics_mode(
+    scope: &Scope,
+    raw: Option<RawDemographics>,
+) -> Result<DemographicsMode, ConfigError> {
+    Ok(match raw {
+        None => defaults::DEMOGRAPHICS,
+        Some(RawDemographics::Flag(true)) => DemographicsMode::Required,
+        Some(RawDemographics::Flag(false)) => DemographicsMode::Off,
+        Some(RawDemographics::Mode(mode)) => match mode.as_str() {
+            "required" => DemographicsMode::Required,
+            "optional" => DemographicsMode::Optional,
+            "off" => DemographicsMode::Off,
+            other => {
+                return Err(scope.key(
+                    "demographics",
+                    format!(
+                        "must be \"required\", \"optional\" or \"off\" (or true/false; got \"{}\")",
+                        other.escape_debug()
+                    ),
+                ));
+            }
+        },
+    })
+}
+
+fn demographics_limits(
+    scope: &Scope,
+    percent: Option<f64>,
+    count: Option<i64>,
+) -> Result<DemographicsLimits, ConfigError> {
+    let mut limits = DemographicsLimits::default();
+    if let Some(v) = percent {
+        if !(0.0..=100.0).contains(&v) {
+            return Err(scope.key(
+                "max_demographics_clear_percent",
+                format!("must be a percentage between 0 and 100 (got {v})"),
+            ));
+        }
+        limits.max_clear_percent = v;
+    }
+    if let Some(v) = count {
+        limits.max_clear_count = u64::try_from(v).map_err(|_| {
+            scope.key(
+                "max_demographics_clear_count",
+                format!("must not be negative (got {v})"),
+            )
+        })?;
+    }
+    Ok(limits)
 }
 
 /// The district-wide limits, then per entity type overrides (`limits.<entity>`).

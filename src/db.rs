@@ -156,9 +156,42 @@ async fn pool(
         })
 }
 
-/// Postgres notices ("schema already exists, skipping") are noise in the daemon's logs.
+/// Every session: Postgres notices ("schema already exists, skipping") are noise in the
+/// daemon's logs; UTC and ISO dates make `COPY ... TO STDOUT` print rows exactly as the
+/// `stored` module encodes them.
 fn quiet(options: PgConnectOptions) -> PgConnectOptions {
-    options.options([("client_min_messages", "warning")])
+    options.options([
+        ("client_min_messages", "warning"),
+        ("TimeZone", "UTC"),
+        ("DateStyle", "ISO"),
+    ])
+}
+
+/// Streams the lines of a `COPY (query) TO STDOUT` to `each`, without holding the output.
+pub async fn copy_out_lines<E: From<sqlx::Error>>(
+    conn: &mut PgConnection,
+    sql: String,
+    mut each: impl FnMut(&[u8]) -> Result<(), E>,
+) -> Result<(), E> {
+    use futures_util::TryStreamExt;
+    let mut rows = conn.copy_out_raw(&sql).await?;
+    let mut rest: Vec<u8> = Vec::new();
+    while let Some(chunk) = rows.try_next().await? {
+        rest.extend_from_slice(&chunk);
+        let complete = rest.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        for line in rest[..complete].split(|b| *b == b'\n') {
+            if !line.is_empty() {
+                each(line)?;
+            }
+        }
+        rest.drain(..complete);
+    }
+    Ok(())
+}
+
+/// A string as an SQL literal (for `COPY (query)`, which takes no parameters).
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
 }
 
 fn same_database(a: &PgConnectOptions, b: &PgConnectOptions) -> bool {

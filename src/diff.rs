@@ -10,16 +10,16 @@
 //!
 //! The index also answers, for records that refer to others, whether the referenced record is
 //! in the snapshot and whether it will be active after this run (the enrollment cascade).
+//!
+//! Pure: the mirror module fills the index from the database ([`Index::insert_mirrored`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use foldhash::fast::FixedState;
-use futures_util::TryStreamExt;
-use sqlx::PgConnection;
+use serde::Serialize;
 use xxhash_rust::xxh3::{xxh3_64, xxh3_128};
 
 use crate::domain::Entity;
-use crate::mirror::{ChangeCounts, MirrorError};
 
 /// A record's identity in the index: a 128-bit hash of its `sourcedId` (collisions among the
 /// ids of one district are out of reach: about 2^-64 for ten million records).
@@ -29,12 +29,14 @@ pub fn key(sourced_id: &str) -> Key {
     xxh3_128(sourced_id.as_bytes())
 }
 
-/// The definition of [`row_hash`] and the row encoding it reads. Bump it whenever either
-/// changes: a mirror hashed under another version is not trusted (its rows are written once
-/// more, as no change, and the next run pulls everything).
-pub const HASH_VERSION: i32 = 1;
+/// The definition of [`row_hash`] and the row encoding it reads (`stored`), and the canonical
+/// form of records (`normalize`). Bump it whenever any changes: a mirror hashed under another
+/// version is not trusted (its rows are written once more, as no change, and the next run
+/// pulls everything). 2: PostgreSQL's own COPY output as the encoding; sets sorted, vocabulary
+/// in its spelling.
+pub const HASH_VERSION: i32 = 2;
 
-/// The hash of a row's stored form (its COPY line), as kept in `sync.mirror_*.hash`.
+/// The hash of a row's stored form (its COPY line), as the mirror keeps it.
 pub fn row_hash(line: &[u8]) -> i64 {
     xxh3_64(line) as i64
 }
@@ -78,10 +80,23 @@ impl Entry {
 }
 
 /// What the snapshot says of a referenced record.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reference {
+    /// The record came in this pull (usable or skipped as invalid), or, in a delta pull, the
+    /// mirror has it.
     pub known: bool,
+    /// It came in this pull but was skipped as invalid (it keeps its stored row).
+    pub skipped: bool,
+    /// It will be active in the store after this run.
     pub active: bool,
+}
+
+impl Reference {
+    /// Known and deleted (`tobedeleted` in this pull, or deleted in the mirror): not a record
+    /// skipped as invalid, whose stored row stands as it was.
+    pub fn is_deleted(self) -> bool {
+        self.known && !self.skipped && !self.active
+    }
 }
 
 /// What to do with one pulled record.
@@ -122,63 +137,47 @@ struct Table {
 ///
 /// For a complete pull the whole mirror is loaded up front (every record will be looked up).
 /// A delta pull touches few records: its index starts empty and loads the entries a page needs
-/// ([`Index::ensure`]) before the page is classified.
+/// ([`Index::unloaded`], [`Index::load`]) before the page is classified.
 pub struct Index {
     tables: BTreeMap<Entity, Table>,
-    district: String,
     /// A delta pull: records not in the pull are unchanged, not absent.
     delta: bool,
     /// Write every pulled row, whatever the mirror says (the mirror may be behind the store).
     reconcile: bool,
-    trust_hashes: bool,
 }
 
 impl Index {
-    /// Loads the district's mirror (nothing yet for a delta pull: see [`Index::ensure`] and
-    /// [`Index::set_mirror_active`]); `trust_hashes` is false when its hashes are of another
-    /// [`HASH_VERSION`].
-    pub async fn load(
-        conn: &mut PgConnection,
-        district: &str,
-        delta: bool,
-        reconcile: bool,
-        trust_hashes: bool,
-    ) -> Result<Index, MirrorError> {
-        let mut tables = BTreeMap::new();
-        for entity in Entity::ALL {
-            let mut table = Table::default();
-            if !delta {
-                let sql = format!(
-                    "COPY (SELECT sourced_id, status = 'active', {} FROM sync.mirror_{} WHERE district_id = {}) TO STDOUT",
-                    if trust_hashes { "hash" } else { "NULL" },
-                    entity.as_str(),
-                    quote_literal(district)
-                );
-                copy_out_lines(conn, sql, |line| table.add_mirror_line(line)).await?;
-            }
-            tables.insert(entity, table);
-        }
-        Ok(Index {
-            tables,
-            district: district.to_owned(),
+    /// An empty index: a full pull of a district never synced (or the audit), or a delta pull
+    /// whose entries the mirror module loads as pages need them.
+    pub fn new(delta: bool, reconcile: bool) -> Index {
+        Index {
+            tables: Entity::ALL.map(|e| (e, Table::default())).into(),
             delta,
             reconcile,
-            trust_hashes,
-        })
+        }
     }
 
-    /// Delta pulls: loads the mirror entries of these ids that are not loaded yet (an id the
-    /// mirror lacks is remembered as such).
-    pub async fn ensure(
+    /// Enters one mirror row (`hash` NULL after a deletion by absence, or when the mirror's
+    /// hashes are of another [`HASH_VERSION`]).
+    pub fn insert_mirrored(
         &mut self,
-        conn: &mut PgConnection,
         entity: Entity,
-        ids: &[String],
-    ) -> Result<(), MirrorError> {
-        if !self.delta {
-            return Ok(());
+        sourced_id: &str,
+        active: bool,
+        hash: Option<i64>,
+    ) {
+        let table = self.table_mut(entity);
+        if active {
+            table.mirror_active += 1;
         }
-        let table = self.tables.entry(entity).or_default();
+        table
+            .entries
+            .insert(key(sourced_id), Entry::mirrored(active, hash));
+    }
+
+    /// Delta pulls: of these ids, the ones whose mirror entry is not loaded yet.
+    pub fn unloaded<'a>(&self, entity: Entity, ids: &'a [String]) -> Vec<&'a str> {
+        let table = self.table(entity);
         let mut missing: Vec<&str> = ids
             .iter()
             .filter(|id| !table.entries.contains_key(&key(id)))
@@ -186,39 +185,20 @@ impl Index {
             .collect();
         missing.sort_unstable();
         missing.dedup();
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let rows: Vec<(String, bool, Option<i64>)> = sqlx::query_as(sql!(
-            "SELECT sourced_id, status = 'active', hash FROM sync.mirror_{}
-             WHERE district_id = $1 AND sourced_id = ANY($2)",
-            entity.as_str()
-        ))
-        .bind(&self.district)
-        .bind(&missing)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(db("reading the mirror"))?;
+        missing
+    }
+
+    /// Delta pulls: the mirror rows of `ids` (loaded with [`Index::unloaded`]); an id the
+    /// mirror lacks is remembered as such.
+    pub fn load(&mut self, entity: Entity, ids: &[&str], rows: Vec<(String, bool, Option<i64>)>) {
+        let table = self.table_mut(entity);
         for (id, active, hash) in rows {
-            let hash = hash.filter(|_| self.trust_hashes);
             table
                 .entries
                 .insert(key(&id), Entry::mirrored(active, hash));
         }
-        for id in missing {
+        for id in ids {
             table.entries.entry(key(id)).or_default();
-        }
-        Ok(())
-    }
-
-    /// An empty index (a district never synced), for tests.
-    pub fn empty(delta: bool, reconcile: bool) -> Index {
-        Index {
-            tables: Entity::ALL.map(|e| (e, Table::default())).into(),
-            district: String::new(),
-            delta,
-            reconcile,
-            trust_hashes: true,
         }
     }
 
@@ -272,11 +252,12 @@ impl Index {
         self.reference(entity, sourced_id).active
     }
 
-    /// [`Index::is_known`] and [`Index::will_be_active`] in one lookup.
+    /// What the snapshot says of the record with this id.
     pub fn reference(&self, entity: Entity, sourced_id: &str) -> Reference {
         let e = self.get(entity, key(sourced_id));
         Reference {
             known: e.has(SEEN | SKIPPED) || (self.delta && e.has(IN_MIRROR)),
+            skipped: e.has(SKIPPED) && !e.has(SEEN),
             active: self.active_after(e),
         }
     }
@@ -361,105 +342,24 @@ impl Index {
     }
 }
 
-impl Table {
-    /// One line of `COPY (SELECT sourced_id, active, hash) TO STDOUT`.
-    fn add_mirror_line(&mut self, line: &[u8]) -> Result<(), MirrorError> {
-        let bad = || MirrorError::Corrupt("unreadable mirror row".into());
-        let mut fields = line.split(|b| *b == b'\t');
-        let id = unescape(fields.next().ok_or_else(bad)?);
-        let active = fields.next().ok_or_else(bad)? == b"t";
-        let hash = match fields.next().ok_or_else(bad)? {
-            b"\\N" => None,
-            text => Some(
-                std::str::from_utf8(text)
-                    .ok()
-                    .and_then(|h| h.parse().ok())
-                    .ok_or_else(bad)?,
-            ),
-        };
-        if active {
-            self.mirror_active += 1;
-        }
-        self.entries.insert(key(&id), Entry::mirrored(active, hash));
-        Ok(())
+/// Counts of one entity's changes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ChangeCounts {
+    pub created: i64,
+    pub updated: i64,
+    pub reactivated: i64,
+    pub deleted: i64,
+}
+
+impl ChangeCounts {
+    pub fn total(&self) -> i64 {
+        self.created + self.updated + self.reactivated + self.deleted
     }
 }
 
-/// Active rows per entity in the district's mirror.
-pub async fn active_counts(
-    state: sqlx::PgPool,
-    district: String,
-) -> Result<BTreeMap<Entity, i64>, MirrorError> {
-    let mut counts = BTreeMap::new();
-    for entity in Entity::ALL {
-        let n: i64 = sqlx::query_scalar(sql!(
-            "SELECT count(*) FROM sync.mirror_{} WHERE district_id = $1 AND status = 'active'",
-            entity.as_str()
-        ))
-        .bind(&district)
-        .fetch_one(&state)
-        .await
-        .map_err(db("counting mirrored rows"))?;
-        counts.insert(entity, n);
-    }
-    Ok(counts)
-}
-
-/// Streams the lines of a `COPY (query) TO STDOUT` to `each`, without holding the output.
-pub async fn copy_out_lines(
-    conn: &mut PgConnection,
-    sql: String,
-    mut each: impl FnMut(&[u8]) -> Result<(), MirrorError>,
-) -> Result<(), MirrorError> {
-    let mut rows = conn
-        .copy_out_raw(&sql)
-        .await
-        .map_err(db("reading the mirror"))?;
-    let mut rest: Vec<u8> = Vec::new();
-    while let Some(chunk) = rows.try_next().await.map_err(db("reading the mirror"))? {
-        rest.extend_from_slice(&chunk);
-        let complete = rest.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-        for line in rest[..complete].split(|b| *b == b'\n') {
-            if !line.is_empty() {
-                each(line)?;
-            }
-        }
-        rest.drain(..complete);
-    }
-    Ok(())
-}
-
-/// Decodes a COPY text-format field (PostgreSQL escapes backslash and control characters).
-pub fn unescape(field: &[u8]) -> String {
-    let mut out = Vec::with_capacity(field.len());
-    let mut bytes = field.iter();
-    while let Some(&b) = bytes.next() {
-        if b != b'\\' {
-            out.push(b);
-            continue;
-        }
-        match bytes.next() {
-            Some(b'b') => out.push(8),
-            Some(b'f') => out.push(12),
-            Some(b'n') => out.push(b'\n'),
-            Some(b'r') => out.push(b'\r'),
-            Some(b't') => out.push(b'\t'),
-            Some(b'v') => out.push(11),
-            Some(&other) => out.push(other),
-            None => out.push(b'\\'),
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// A string as an SQL literal (for `COPY (query)`, which takes no parameters).
-pub fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
-fn db(doing: &'static str) -> impl FnOnce(sqlx::Error) -> MirrorError {
-    move |source| MirrorError::Database { doing, source }
-}
+/// Sample ids per entity and operation (`create`, `update`, `reactivate`, `delete`), for change
+/// reports and held change sets: ids only, never content.
+pub type Samples = BTreeMap<Entity, BTreeMap<String, Vec<String>>>;
 
 /// Change counts and sample ids of a run, gathered as rows are classified.
 #[derive(Debug, Default)]
@@ -503,7 +403,7 @@ impl Tally {
     }
 
     /// Sample ids per entity and operation, in sourcedId order.
-    pub fn samples(&self) -> crate::mirror::Samples {
+    pub fn samples(&self) -> Samples {
         self.samples
             .iter()
             .map(|(e, ops)| {
@@ -522,20 +422,24 @@ impl Tally {
 mod tests {
     use super::*;
 
-    fn index_with(lines: &[&str]) -> Index {
-        let mut index = Index::empty(false, false);
-        for l in lines {
-            index
-                .table_mut(Entity::Users)
-                .add_mirror_line(l.as_bytes())
-                .unwrap();
+    /// Mirrored users: (id, active, hash).
+    fn index_with(rows: &[(&str, bool, Option<i64>)]) -> Index {
+        let mut index = Index::new(false, false);
+        for (id, active, hash) in rows {
+            index.insert_mirrored(Entity::Users, id, *active, *hash);
         }
         index
     }
 
     #[test]
     fn classification_against_the_mirror() {
-        let mut index = index_with(&["a\tt\t1", "b\tt\t2", "c\tf\t3", "d\tt\t\\N", "e\tt\t5"]);
+        let mut index = index_with(&[
+            ("a", true, Some(1)),
+            ("b", true, Some(2)),
+            ("c", false, Some(3)),
+            ("d", true, None),
+            ("e", true, Some(5)),
+        ]);
         let u = Entity::Users;
         assert_eq!(index.mirror_active(u), 4);
         assert_eq!(index.observe(u, key("a"), true, 1), None);
@@ -570,7 +474,7 @@ mod tests {
 
     #[test]
     fn reconcile_writes_equal_rows_without_counting_them() {
-        let mut index = index_with(&["a\tt\t1"]);
+        let mut index = index_with(&[("a", true, Some(1))]);
         index.reconcile = true;
         assert_eq!(
             index.observe(Entity::Users, key("a"), true, 1),
@@ -583,7 +487,7 @@ mod tests {
 
     #[test]
     fn delta_pulls_know_the_mirror_and_delete_nothing_by_absence() {
-        let mut index = index_with(&["a\tt\t1", "b\tf\t2"]);
+        let mut index = index_with(&[("a", true, Some(1)), ("b", false, Some(2))]);
         index.delta = true;
         let u = Entity::Users;
         assert!(index.is_known(u, "a") && index.is_known(u, "b") && !index.is_known(u, "x"));
@@ -596,7 +500,7 @@ mod tests {
 
     #[test]
     fn skipped_records_keep_their_stored_status_for_references() {
-        let mut index = index_with(&["a\tt\t1"]);
+        let mut index = index_with(&[("a", true, Some(1))]);
         let u = Entity::Users;
         index.mark_skipped(u, key("a"));
         assert!(index.is_known(u, "a") && index.will_be_active(u, "a"));
@@ -604,10 +508,19 @@ mod tests {
     }
 
     #[test]
-    fn mirror_ids_are_unescaped() {
-        assert_eq!(unescape(b"a\\tb\\\\c\\nd"), "a\tb\\c\nd");
-        let index = index_with(&["x\\ty\tt\t1"]);
-        assert!(index.get(Entity::Users, key("x\ty")).has(IN_MIRROR));
+    fn references_tell_skipped_from_deleted() {
+        let mut index = index_with(&[("gone", false, Some(1))]);
+        let u = Entity::Users;
+        index.observe(u, key("del"), false, 2);
+        index.observe(u, key("ok"), true, 3);
+        index.mark_skipped(u, key("bad"));
+        assert!(index.reference(u, "del").is_deleted());
+        assert!(!index.reference(u, "ok").is_deleted());
+        let bad = index.reference(u, "bad");
+        assert!(bad.known && bad.skipped && !bad.is_deleted());
+        assert!(!index.reference(u, "nowhere").known);
+        // Not in a full pull: absent, not known.
+        assert!(!index.reference(u, "gone").known);
     }
 
     #[test]

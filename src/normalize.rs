@@ -1,28 +1,31 @@
-//! Wire records to domain records: pure functions, one per type.
+//! Wire records to domain records: pure functions, one per type, that read leniently and store
+//! canonically (CONTRACT §4).
 //!
-//! A record is skipped (reported by `sourcedId`) only when it cannot be used: no `sourcedId`, no
-//! known `status`, and for users a `role` in the vocabulary, for enrollments `user`, `class` and
-//! `role`. Anything else odd is kept and reported as a [`Warning`]: a bad date or timestamp
-//! becomes NULL, an unrecognized `sex` becomes NULL.
+//! A record is skipped (an *error* finding) only when it cannot be used: no `sourcedId`, no
+//! known `status`, for users a `role` in the vocabulary, for enrollments `user`, `class` and
+//! `role`. Anything else odd is kept and reported as a *warning*: a bad date becomes NULL, an
+//! unrecognized `sex` becomes NULL, a type outside its vocabulary is stored as sent.
 //!
-//! Conventions: optional text is trimmed and `""` becomes `None`; lists are never `None`;
-//! roles are lower-cased (the contract's vocabulary); org, session and class types are kept as
-//! the server spells them (the 1.1 vocabulary is camelCase: `schoolYear`, `gradingPeriod`). Reasons and warnings never quote a field's
-//! value: they name the field.
+//! The canonical form: optional text is trimmed, `""` is absent and NUL characters (which
+//! PostgreSQL cannot store) are dropped; set-like lists are sorted and deduplicated, so the
+//! order a server sends them in never changes a row; vocabulary values are matched
+//! case-insensitively and stored in the vocabulary's own spelling (`Scheduled` is `scheduled`,
+//! `siteadministrator` is `siteAdministrator`); OneRoster 1.2 extension values (`ext:...`) are
+//! kept as sent; date-times are ISO 8601 with or without `T`, with or without a zone (none is
+//! UTC), or a bare date. Findings name fields, never a field's value.
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime, SubsecRound, Utc};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, SubsecRound, Utc};
 
 use crate::domain::{
-    AcademicSession, Class, Course, Demo, Demographics, Enrollment, Org, RACE_NAMES, Skipped,
-    Status, User, Warning,
+    AcademicSession, Class, Code, Course, Demo, Demographics, Enrollment, Finding, GENDERS,
+    MISSING_ID, Org, RACE_NAMES, Status, User,
 };
 use crate::oneroster::wire;
 
-/// Result of normalizing one record: the record and what was odd about it, or why it was left out.
-pub type Normalized<T> = Result<(T, Vec<Warning>), Skipped>;
+/// Result of normalizing one record: the record and its warnings, or the error that skips it.
+pub type Normalized<T> = Result<(T, Vec<Finding>), Finding>;
 
-/// User roles accepted: OneRoster 1.1, plus the 1.2 additions (stored lower case, e.g.
-/// `districtadministrator`).
+/// User roles: OneRoster 1.1, then the 1.2 additions, in the specification's spelling.
 pub const USER_ROLES: &[&str] = &[
     "administrator",
     "aide",
@@ -33,14 +36,15 @@ pub const USER_ROLES: &[&str] = &[
     "student",
     "teacher",
     // OneRoster 1.2
-    "districtadministrator",
+    "counselor",
+    "districtAdministrator",
     "principal",
-    "siteadministrator",
-    "systemadministrator",
+    "siteAdministrator",
+    "systemAdministrator",
 ];
 
-/// Enrollment roles accepted: OneRoster 1.1 (administrator, proctor, student, teacher), plus
-/// the roles 1.2 allows on an enrollment.
+/// Enrollment roles: OneRoster 1.1 (administrator, proctor, student, teacher), plus the roles
+/// 1.2 allows on an enrollment.
 pub const ENROLLMENT_ROLES: &[&str] = &[
     "administrator",
     "proctor",
@@ -48,21 +52,56 @@ pub const ENROLLMENT_ROLES: &[&str] = &[
     "teacher",
     // OneRoster 1.2
     "aide",
+    "counselor",
+    "districtAdministrator",
     "guardian",
     "parent",
-    "relative",
-    "districtadministrator",
     "principal",
-    "siteadministrator",
-    "systemadministrator",
+    "relative",
+    "siteAdministrator",
+    "systemAdministrator",
 ];
+
+pub const ORG_TYPES: &[&str] = &[
+    "department",
+    "district",
+    "local",
+    "national",
+    "school",
+    "state",
+];
+pub const SESSION_TYPES: &[&str] = &["gradingPeriod", "schoolYear", "semester", "term"];
+pub const CLASS_TYPES: &[&str] = &["homeroom", "scheduled"];
+
+/// A value read against a vocabulary.
+#[derive(Debug, PartialEq)]
+enum Vocab {
+    Absent,
+    /// In the vocabulary (its spelling), or an `ext:` extension value (as sent).
+    Known(String),
+    /// Outside the vocabulary, as sent (trimmed).
+    Other(String),
+}
+
+fn vocabulary(value: Option<String>, words: &[&'static str]) -> Vocab {
+    let Some(value) = text(value) else {
+        return Vocab::Absent;
+    };
+    if let Some(word) = words.iter().find(|w| w.eq_ignore_ascii_case(&value)) {
+        return Vocab::Known((*word).to_owned());
+    }
+    if value.len() > 4 && value[..4].eq_ignore_ascii_case("ext:") {
+        return Vocab::Known(value);
+    }
+    Vocab::Other(value)
+}
 
 /// Identity and common fields of one record, collecting warnings as the fields are read.
 struct Record {
     entity: &'static str,
     sourced_id: String,
     status: Status,
-    warnings: Vec<Warning>,
+    findings: Vec<Finding>,
 }
 
 impl Record {
@@ -70,89 +109,168 @@ impl Record {
         entity: &'static str,
         sourced_id: Option<String>,
         status: Option<String>,
-    ) -> Result<Record, Skipped> {
-        let sourced_id = match sourced_id {
+    ) -> Result<Record, Finding> {
+        let sourced_id = match sourced_id.map(strip_nul) {
             Some(id) if !id.trim().is_empty() => id,
-            _ => return Err(skip(entity, "<missing>", "missing sourcedId")),
+            _ => {
+                return Err(Finding::new(
+                    Code::SourcedIdMissing,
+                    entity,
+                    MISSING_ID,
+                    "the record has no sourcedId",
+                ));
+            }
         };
-        let status = match status.as_deref().map(|s| s.trim().to_ascii_lowercase()) {
-            Some(s) if s == "active" => Status::Active,
-            Some(s) if s == "tobedeleted" || s == "inactive" => Status::Deleted,
-            Some(s) if s.is_empty() => return Err(skip(entity, &sourced_id, "missing status")),
-            None => return Err(skip(entity, &sourced_id, "missing status")),
-            Some(_) => return Err(skip(entity, &sourced_id, "unknown status")),
+        let error = |code, message: &str| Finding::new(code, entity, sourced_id.clone(), message);
+        let status = match text(status) {
+            None => return Err(error(Code::StatusMissing, "the record has no status")),
+            Some(s) if s.eq_ignore_ascii_case("active") => Status::Active,
+            Some(s)
+                if s.eq_ignore_ascii_case("tobedeleted") || s.eq_ignore_ascii_case("inactive") =>
+            {
+                Status::Deleted
+            }
+            Some(_) => {
+                return Err(error(
+                    Code::StatusUnknown,
+                    "status is not active or tobedeleted",
+                ));
+            }
         };
         Ok(Record {
             entity,
             sourced_id,
             status,
-            warnings: Vec::new(),
+            findings: Vec::new(),
         })
     }
 
-    fn skip(&self, reason: &str) -> Skipped {
-        skip(self.entity, &self.sourced_id, reason)
+    fn error(&self, code: Code, message: &str) -> Finding {
+        Finding::new(code, self.entity, self.sourced_id.clone(), message)
     }
 
-    fn warn(&mut self, message: String) {
-        self.warnings.push(Warning {
-            entity: self.entity,
-            sourced_id: self.sourced_id.clone(),
-            message,
-        });
+    fn warn(&mut self, code: Code, message: String) {
+        let finding = self.error(code, &message);
+        self.findings.push(finding);
+    }
+
+    /// A vocabulary value: its spelling, or the value as sent with a warning.
+    fn typed(
+        &mut self,
+        field: &str,
+        value: Option<String>,
+        words: &[&'static str],
+        code: Code,
+    ) -> Option<String> {
+        match vocabulary(value, words) {
+            Vocab::Absent => None,
+            Vocab::Known(v) => Some(v),
+            Vocab::Other(v) => {
+                self.warn(
+                    code,
+                    format!(
+                        "field `{field}` is outside the vocabulary ({}); stored as sent",
+                        words.join(", ")
+                    ),
+                );
+                Some(v)
+            }
+        }
     }
 
     fn modified(&mut self, value: Option<String>) -> Option<DateTime<Utc>> {
         let value = text(value)?;
-        let parsed = DateTime::parse_from_rfc3339(&value)
-            .map(|t| t.with_timezone(&Utc))
-            .ok()
-            .or_else(|| {
-                // Some servers drop the zone; OneRoster timestamps are UTC.
-                NaiveDateTime::parse_from_str(&value, "%Y-%m-%dT%H:%M:%S%.f")
-                    .ok()
-                    .map(|t| t.and_utc())
-            });
+        let parsed = parse_timestamp(&value);
         if parsed.is_none() {
             self.warn(
-                "field `dateLastModified` is not an ISO-8601 timestamp; stored as NULL".into(),
+                Code::DateUnparseable,
+                "field `dateLastModified` is not an ISO 8601 date-time; stored as NULL".into(),
             );
         }
-        // PostgreSQL keeps microseconds: hold exactly what the store will, so a row read back
-        // from the store hashes like the record it came from.
-        parsed.map(|t| t.round_subsecs(6))
+        parsed
     }
 
     fn date(&mut self, field: &str, value: Option<String>) -> Option<NaiveDate> {
         let value = text(value)?;
-        let parsed = NaiveDate::parse_from_str(&value, "%Y-%m-%d")
-            .ok()
-            .or_else(|| {
-                // A full timestamp where a date belongs: keep its date.
-                DateTime::parse_from_rfc3339(&value)
-                    .ok()
-                    .map(|t| t.date_naive())
-            });
+        let parsed = parse_date(&value);
         if parsed.is_none() {
-            self.warn(format!(
-                "field `{field}` is not a YYYY-MM-DD date; stored as NULL"
-            ));
+            self.warn(
+                Code::DateUnparseable,
+                format!("field `{field}` is not an ISO 8601 date; stored as NULL"),
+            );
         }
         parsed
     }
-}
 
-fn skip(entity: &'static str, sourced_id: &str, reason: &str) -> Skipped {
-    Skipped {
-        entity,
-        sourced_id: sourced_id.to_owned(),
-        reason: reason.to_owned(),
+    fn done<T>(self, record: T) -> Normalized<T> {
+        Ok((record, self.findings))
     }
 }
 
-/// Optional text: trimmed, empty is absent.
+/// A date-time in ISO 8601: with `T` or a space, with a zone (`Z`, `+hh:mm`, `+hhmm`) or
+/// without one (UTC), with or without seconds and fractions, or a bare date (its midnight,
+/// UTC). Rounded to the microseconds the store keeps, so a row read back hashes alike.
+pub fn parse_timestamp(value: &str) -> Option<DateTime<Utc>> {
+    let value = value.trim();
+    let (date, time) = match value.find(['T', 't', ' ']) {
+        Some(i) => (&value[..i], value[i + 1..].trim()),
+        None => (value, ""),
+    };
+    let date = NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()?;
+    if !(1..=9999).contains(&chrono::Datelike::year(&date)) {
+        return None;
+    }
+    if time.is_empty() {
+        return Some(date.and_time(NaiveTime::MIN).and_utc());
+    }
+    let joined = format!("{date}T{time}");
+    let utc = if time.ends_with(['Z', 'z']) {
+        NaiveDateTime::parse_from_str(&joined[..joined.len() - 1], "%Y-%m-%dT%H:%M:%S%.f")
+            .or_else(|_| {
+                NaiveDateTime::parse_from_str(&joined[..joined.len() - 1], "%Y-%m-%dT%H:%M")
+            })
+            .ok()
+            .map(|t| t.and_utc())
+    } else if time.contains(['+', '-']) {
+        DateTime::parse_from_str(&joined, "%Y-%m-%dT%H:%M:%S%.f%#z")
+            .or_else(|_| DateTime::parse_from_str(&joined, "%Y-%m-%dT%H:%M%#z"))
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+    } else {
+        NaiveDateTime::parse_from_str(&joined, "%Y-%m-%dT%H:%M:%S%.f")
+            .or_else(|_| NaiveDateTime::parse_from_str(&joined, "%Y-%m-%dT%H:%M"))
+            .ok()
+            .map(|t| t.and_utc())
+    }?;
+    Some(utc.round_subsecs(6))
+}
+
+/// A date: `YYYY-MM-DD`, or a date-time (its own calendar date).
+pub fn parse_date(value: &str) -> Option<NaiveDate> {
+    let value = value.trim();
+    let date_part = value.get(..10).unwrap_or(value);
+    let date = NaiveDate::parse_from_str(date_part, "%Y-%m-%d").ok()?;
+    if !(1..=9999).contains(&chrono::Datelike::year(&date)) {
+        return None;
+    }
+    if value.len() == 10 || parse_timestamp(value).is_some() {
+        Some(date)
+    } else {
+        None
+    }
+}
+
+fn strip_nul(value: String) -> String {
+    if value.contains('\0') {
+        value.replace('\0', "")
+    } else {
+        value
+    }
+}
+
+/// Optional text: NUL-free, trimmed, empty is absent.
 fn text(value: Option<String>) -> Option<String> {
-    let value = value?;
+    let value = strip_nul(value?);
     let trimmed = value.trim();
     if trimmed.is_empty() {
         None
@@ -163,9 +281,12 @@ fn text(value: Option<String>) -> Option<String> {
     }
 }
 
-/// Vocabulary value: trimmed, lower case, empty is absent.
-fn vocabulary(value: Option<String>) -> Option<String> {
-    text(value).map(|v| v.to_lowercase())
+/// A set-like list: NUL-free, trimmed, sorted, without duplicates or empty items.
+fn set(values: Vec<String>) -> Vec<String> {
+    let mut out: Vec<String> = values.into_iter().filter_map(|v| text(Some(v))).collect();
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 pub fn org(w: wire::Org) -> Normalized<Org> {
@@ -173,13 +294,13 @@ pub fn org(w: wire::Org) -> Normalized<Org> {
     let org = Org {
         source_modified_at: r.modified(w.date_last_modified),
         name: text(w.name),
-        org_type: text(w.org_type),
+        org_type: r.typed("type", w.org_type, ORG_TYPES, Code::OrgTypeUnknown),
         identifier: text(w.identifier),
         parent_sourced_id: text(w.parent),
         sourced_id: r.sourced_id.clone(),
         status: r.status,
     };
-    Ok((org, r.warnings))
+    r.done(org)
 }
 
 pub fn academic_session(w: wire::AcademicSession) -> Normalized<AcademicSession> {
@@ -187,7 +308,12 @@ pub fn academic_session(w: wire::AcademicSession) -> Normalized<AcademicSession>
     let session = AcademicSession {
         source_modified_at: r.modified(w.date_last_modified),
         title: text(w.title),
-        session_type: text(w.session_type),
+        session_type: r.typed(
+            "type",
+            w.session_type,
+            SESSION_TYPES,
+            Code::SessionTypeUnknown,
+        ),
         start_date: r.date("startDate", w.start_date),
         end_date: r.date("endDate", w.end_date),
         parent_sourced_id: text(w.parent),
@@ -195,7 +321,7 @@ pub fn academic_session(w: wire::AcademicSession) -> Normalized<AcademicSession>
         sourced_id: r.sourced_id.clone(),
         status: r.status,
     };
-    Ok((session, r.warnings))
+    r.done(session)
 }
 
 pub fn course(w: wire::Course) -> Normalized<Course> {
@@ -208,7 +334,7 @@ pub fn course(w: wire::Course) -> Normalized<Course> {
         sourced_id: r.sourced_id.clone(),
         status: r.status,
     };
-    Ok((course, r.warnings))
+    r.done(course)
 }
 
 pub fn class(w: wire::Class) -> Normalized<Class> {
@@ -217,37 +343,50 @@ pub fn class(w: wire::Class) -> Normalized<Class> {
         source_modified_at: r.modified(w.date_last_modified),
         title: text(w.title),
         class_code: text(w.class_code),
-        class_type: text(w.class_type),
+        class_type: r.typed(
+            "classType",
+            w.class_type,
+            CLASS_TYPES,
+            Code::ClassTypeUnknown,
+        ),
         school_sourced_id: text(w.school),
         course_sourced_id: text(w.course),
-        term_sourced_ids: w.terms,
-        grades: w.grades,
-        subjects: w.subjects,
-        periods: w.periods,
+        term_sourced_ids: set(w.terms),
+        grades: set(w.grades),
+        subjects: set(w.subjects),
+        periods: set(w.periods),
         sourced_id: r.sourced_id.clone(),
         status: r.status,
     };
-    Ok((class, r.warnings))
+    r.done(class)
 }
 
 pub fn user(w: wire::User) -> Normalized<User> {
     let mut r = Record::open("users", w.sourced_id, w.status)?;
     // 1.1 `role`; failing that, the 1.2 `roles[]` primary role (or the first one).
-    let role = vocabulary(w.role).or_else(|| {
-        let primary = w.roles.iter().find(|entry| {
-            entry
-                .role_type
-                .as_deref()
-                .is_some_and(|t| t.trim().eq_ignore_ascii_case("primary"))
-        });
-        primary
-            .or(w.roles.first())
-            .and_then(|entry| vocabulary(entry.role.clone()))
-    });
+    let role = match vocabulary(w.role, USER_ROLES) {
+        Vocab::Absent => {
+            let primary = w.roles.iter().find(|entry| {
+                entry
+                    .role_type
+                    .as_deref()
+                    .is_some_and(|t| t.trim().eq_ignore_ascii_case("primary"))
+            });
+            primary.or(w.roles.first()).map_or(Vocab::Absent, |entry| {
+                vocabulary(entry.role.clone(), USER_ROLES)
+            })
+        }
+        sent => sent,
+    };
     let role = match role {
-        Some(role) if USER_ROLES.contains(&role.as_str()) => role,
-        Some(_) => return Err(r.skip("unknown role")),
-        None => return Err(r.skip("missing role")),
+        Vocab::Known(role) => role,
+        Vocab::Other(_) => {
+            return Err(r.error(
+                Code::UserRoleUnknown,
+                "role is not in the OneRoster vocabulary",
+            ));
+        }
+        Vocab::Absent => return Err(r.error(Code::UserRoleMissing, "the user has no role")),
     };
     let user = User {
         source_modified_at: r.modified(w.date_last_modified),
@@ -259,27 +398,40 @@ pub fn user(w: wire::User) -> Normalized<User> {
         middle_name: text(w.middle_name),
         identifier: text(w.identifier),
         enabled: w.enabled_user,
-        grades: w.grades,
-        org_sourced_ids: w.orgs,
+        grades: set(w.grades),
+        org_sourced_ids: set(w.orgs),
         demographics: Demo::default(),
         sourced_id: r.sourced_id.clone(),
         status: r.status,
     };
-    Ok((user, r.warnings))
+    r.done(user)
 }
 
 pub fn enrollment(w: wire::Enrollment) -> Normalized<Enrollment> {
     let mut r = Record::open("enrollments", w.sourced_id, w.status)?;
     let Some(user_sourced_id) = text(w.user) else {
-        return Err(r.skip("missing user reference"));
+        return Err(r.error(
+            Code::EnrollmentWithoutUser,
+            "the enrollment has no user reference",
+        ));
     };
     let Some(class_sourced_id) = text(w.class) else {
-        return Err(r.skip("missing class reference"));
+        return Err(r.error(
+            Code::EnrollmentWithoutClass,
+            "the enrollment has no class reference",
+        ));
     };
-    let role = match vocabulary(w.role) {
-        Some(role) if ENROLLMENT_ROLES.contains(&role.as_str()) => role,
-        Some(_) => return Err(r.skip("unknown role")),
-        None => return Err(r.skip("missing role")),
+    let role = match vocabulary(w.role, ENROLLMENT_ROLES) {
+        Vocab::Known(role) => role,
+        Vocab::Other(_) => {
+            return Err(r.error(
+                Code::EnrollmentRoleUnknown,
+                "role is not in the OneRoster vocabulary",
+            ));
+        }
+        Vocab::Absent => {
+            return Err(r.error(Code::EnrollmentRoleMissing, "the enrollment has no role"));
+        }
     };
     let enrollment = Enrollment {
         source_modified_at: r.modified(w.date_last_modified),
@@ -293,27 +445,34 @@ pub fn enrollment(w: wire::Enrollment) -> Normalized<Enrollment> {
         sourced_id: r.sourced_id.clone(),
         status: r.status,
     };
-    Ok((enrollment, r.warnings))
+    r.done(enrollment)
 }
 
 /// The gender and ethnicity of one user (keyed by the demographics `sourcedId`, which is the
-/// user's). A deleted demographics record is `None`: the user has no demographics.
-pub fn demographics(w: wire::Demographics) -> Normalized<Option<Demographics>> {
+/// user's). A `tobedeleted` record means the user has no demographics.
+pub fn demographics(w: wire::Demographics) -> Normalized<Demographics> {
     let mut r = Record::open("demographics", w.sourced_id, w.status)?;
     if r.status == Status::Deleted {
-        return Ok((None, r.warnings));
+        let record = Demographics {
+            user_sourced_id: r.sourced_id.clone(),
+            demo: Demo::default(),
+        };
+        return r.done(record);
     }
-    let gender = match w.sex.as_deref().map(|s| s.trim().to_ascii_lowercase()) {
+    let gender = match text(w.sex).map(|s| s.to_ascii_lowercase()) {
         None => None,
         Some(sex) => match sex.as_str() {
-            "" => None,
             "male" | "m" => Some("male"),
             "female" | "f" => Some("female"),
-            "other" | "x" | "nonbinary" | "non-binary" => Some("other"),
-            "unspecified" | "notspecified" | "unknown" => Some("unspecified"),
+            "other" | "x" | "o" | "nonbinary" | "non-binary" => Some("other"),
+            "unspecified" | "notspecified" | "unknown" | "u" => Some("unspecified"),
             _ => {
                 // The value itself is personal data: name the field only.
-                r.warn("unrecognized sex value; gender stored as NULL".into());
+                r.warn(
+                    Code::SexUnknown,
+                    "field `sex` is outside male/female/other/unspecified; gender stored as NULL"
+                        .into(),
+                );
                 None
             }
         },
@@ -325,19 +484,25 @@ pub fn demographics(w: wire::Demographics) -> Normalized<Option<Demographics>> {
         w.native_hawaiian_or_other_pacific_islander,
         w.white,
     ];
-    let races = RACE_NAMES
+    // Bit i is RACE_NAMES[i]; the flags above are in that order.
+    debug_assert_eq!(flags.len(), RACE_NAMES.len());
+    let races = flags
         .iter()
-        .zip(flags)
-        .filter(|(_, flag)| *flag == Some(true))
-        .map(|(name, _)| (*name).to_owned())
-        .collect();
-    let demographics = Demographics {
+        .enumerate()
+        .filter(|(_, flag)| **flag == Some(true))
+        .fold(0u8, |bits, (i, _)| bits | (1 << i));
+    let record = Demographics {
         user_sourced_id: r.sourced_id.clone(),
-        gender: gender.map(str::to_owned),
-        hispanic_or_latino: w.hispanic_or_latino_ethnicity,
-        races,
+        demo: Demo {
+            present: true,
+            gender: gender
+                .and_then(|g| GENDERS.iter().position(|x| *x == g))
+                .map_or(0, |i| i as u8 + 1),
+            hispanic_or_latino: w.hispanic_or_latino_ethnicity,
+            races,
+        },
     };
-    Ok((Some(demographics), r.warnings))
+    r.done(record)
 }
 
 #[cfg(test)]
@@ -368,8 +533,12 @@ mod tests {
         }
     }
 
+    fn codes(findings: &[Finding]) -> Vec<Code> {
+        findings.iter().map(|f| f.code).collect()
+    }
+
     #[test]
-    fn status_mapping_and_skips() {
+    fn status_mapping_and_errors() {
         for (status, want) in [
             ("active", Status::Active),
             ("ACTIVE", Status::Active),
@@ -384,45 +553,46 @@ mod tests {
             };
             assert_eq!(org(w).unwrap().0.status, want, "{status}");
         }
-        for (status, reason) in [
-            (None, "missing status"),
-            (some(""), "missing status"),
-            (some("archived"), "unknown status"),
+        for (status, code) in [
+            (None, Code::StatusMissing),
+            (some(""), Code::StatusMissing),
+            (some("archived"), Code::StatusUnknown),
         ] {
             let w = wire::Org {
                 sourced_id: some("o"),
                 status,
                 ..Default::default()
             };
-            let s = org(w).unwrap_err();
+            let f = org(w).unwrap_err();
             assert_eq!(
-                (s.entity, s.sourced_id.as_str(), s.reason.as_str()),
-                ("orgs", "o", reason)
+                (f.code, f.entity, f.sourced_id.as_str()),
+                (code, "orgs", "o")
             );
+            assert!(f.is_error());
         }
     }
 
     #[test]
-    fn missing_sourced_id_is_skipped_as_missing() {
-        for id in [None, some(""), some("  ")] {
+    fn missing_sourced_id_is_an_error_with_a_placeholder_id() {
+        for id in [None, some(""), some("  "), some("\0")] {
             let w = wire::Course {
                 sourced_id: id,
                 status: some("active"),
                 ..Default::default()
             };
-            let s = course(w).unwrap_err();
-            assert_eq!(s.sourced_id, "<missing>");
-            assert_eq!(s.reason, "missing sourcedId");
-            assert_eq!(s.entity, "courses");
+            let f = course(w).unwrap_err();
+            assert_eq!(f.sourced_id, MISSING_ID);
+            assert_eq!(f.code, Code::SourcedIdMissing);
+            assert_eq!(f.entity, "courses");
         }
     }
 
     #[test]
-    fn empty_strings_become_none_and_types_keep_their_spelling() {
+    fn empty_strings_become_none_and_vocabulary_takes_its_own_spelling() {
         let w = wire::Org {
             sourced_id: some("o1"),
             status: some("active"),
-            name: some(" Lakeside High "),
+            name: some(" Lakeside\0 High "),
             org_type: some("School"),
             identifier: some(""),
             parent: some(""),
@@ -431,19 +601,59 @@ mod tests {
         let (o, warnings) = org(w).unwrap();
         assert!(warnings.is_empty());
         assert_eq!(o.name.as_deref(), Some("Lakeside High"));
-        assert_eq!(o.org_type.as_deref(), Some("School"));
+        assert_eq!(o.org_type.as_deref(), Some("school"));
         assert_eq!(o.identifier, None);
         assert_eq!(o.parent_sourced_id, None);
+
+        let w = wire::AcademicSession {
+            sourced_id: some("t"),
+            status: some("active"),
+            session_type: some("SCHOOLYEAR"),
+            ..Default::default()
+        };
+        assert_eq!(
+            academic_session(w).unwrap().0.session_type.as_deref(),
+            Some("schoolYear")
+        );
+    }
+
+    #[test]
+    fn values_outside_a_vocabulary_are_stored_as_sent_with_a_warning() {
+        let w = wire::Class {
+            sourced_id: some("c1"),
+            status: some("active"),
+            class_type: some(" Lab "),
+            ..Default::default()
+        };
+        let (c, warnings) = class(w).unwrap();
+        assert_eq!(c.class_type.as_deref(), Some("Lab"));
+        assert_eq!(codes(&warnings), vec![Code::ClassTypeUnknown]);
+        assert!(!warnings[0].message.contains("Lab"));
+        // 1.2 extension values are legal.
+        let w = wire::Org {
+            sourced_id: some("o"),
+            status: some("active"),
+            org_type: some("ext:campus"),
+            ..Default::default()
+        };
+        let (o, warnings) = org(w).unwrap();
+        assert_eq!(o.org_type.as_deref(), Some("ext:campus"));
+        assert!(warnings.is_empty());
     }
 
     #[test]
     fn user_roles_1_1_and_1_2_and_unknown() {
         let (u, _) = user(user_w("Teacher")).unwrap();
         assert_eq!(u.role, "teacher");
-        let (u, _) = user(user_w("districtAdministrator")).unwrap();
-        assert_eq!(u.role, "districtadministrator");
-        assert_eq!(user(user_w("janitor")).unwrap_err().reason, "unknown role");
-        assert_eq!(user(user_w("")).unwrap_err().reason, "missing role");
+        let (u, _) = user(user_w("districtadministrator")).unwrap();
+        assert_eq!(u.role, "districtAdministrator");
+        let (u, _) = user(user_w("ext:nurse")).unwrap();
+        assert_eq!(u.role, "ext:nurse");
+        assert_eq!(
+            user(user_w("janitor")).unwrap_err().code,
+            Code::UserRoleUnknown
+        );
+        assert_eq!(user(user_w("")).unwrap_err().code, Code::UserRoleMissing);
     }
 
     #[test]
@@ -465,24 +675,81 @@ mod tests {
     }
 
     #[test]
-    fn user_fields_and_lists() {
+    fn sets_are_sorted_and_deduplicated() {
         let mut w = user_w("student");
         w.email = some("");
         w.middle_name = some("");
         w.given_name = some("Ana");
         w.enabled_user = Some(false);
-        w.orgs = vec!["s1".into()];
+        w.orgs = vec!["s2".into(), "s1".into(), "s2".into()];
+        w.grades = vec!["10".into(), "09".into(), " 09 ".into()];
         let (u, _) = user(w).unwrap();
         assert_eq!(u.email, None);
         assert_eq!(u.middle_name, None);
         assert_eq!(u.given_name.as_deref(), Some("Ana"));
         assert_eq!(u.enabled, Some(false));
-        assert_eq!(u.org_sourced_ids, vec!["s1"]);
-        assert!(u.grades.is_empty());
+        assert_eq!(u.org_sourced_ids, vec!["s1", "s2"]);
+        assert_eq!(u.grades, vec!["09", "10"]);
+
+        let w = |terms: Vec<String>| wire::Class {
+            sourced_id: some("c1"),
+            status: some("active"),
+            terms,
+            periods: vec!["3".into(), "1".into()],
+            ..Default::default()
+        };
+        let a = class(w(vec!["t2".into(), "t1".into()])).unwrap().0;
+        let b = class(w(vec!["t1".into(), "t2".into()])).unwrap().0;
+        assert_eq!(a, b);
+        assert_eq!(a.periods, vec!["1", "3"]);
     }
 
     #[test]
-    fn timestamps_and_dates_bad_values_warn_not_skip() {
+    fn date_times_with_or_without_t_and_zone() {
+        let utc = |s: &str| parse_timestamp(s).map(|t| t.to_rfc3339());
+        let want = Some("2017-09-27T10:57:52+00:00".to_owned());
+        for form in [
+            "2017-09-27T10:57:52Z",
+            "2017-09-27T10:57:52.000Z",
+            "2017-09-27 10:57:52",
+            "2017-09-27T10:57:52",
+            "2017-09-27 10:57:52Z",
+            "2017-09-27T12:57:52+02:00",
+            "2017-09-27T05:57:52-0500",
+            "2017-09-27 10:57:52+00",
+        ] {
+            assert_eq!(utc(form), want, "{form}");
+        }
+        assert_eq!(
+            utc("2017-09-27"),
+            Some("2017-09-27T00:00:00+00:00".to_owned())
+        );
+        assert_eq!(
+            utc("2017-09-27T10:57"),
+            Some("2017-09-27T10:57:00+00:00".to_owned())
+        );
+        for bad in [
+            "yesterday",
+            "2017-13-01",
+            "27/09/2017",
+            "2017-09-27T25:00:00",
+            "",
+        ] {
+            assert_eq!(utc(bad), None, "{bad}");
+        }
+        assert_eq!(
+            parse_date("2026-08-15"),
+            NaiveDate::from_ymd_opt(2026, 8, 15)
+        );
+        assert_eq!(
+            parse_date("2027-06-30T00:00:00Z"),
+            NaiveDate::from_ymd_opt(2027, 6, 30)
+        );
+        assert_eq!(parse_date("2026-08-15junk"), None);
+    }
+
+    #[test]
+    fn bad_dates_warn_and_are_stored_as_null() {
         let mut w = enrollment_w();
         w.date_last_modified = some("2026-11-20T08:30:00.000Z");
         w.begin_date = some("2026-08-15");
@@ -494,34 +761,31 @@ mod tests {
         );
         assert_eq!(e.begin_date, NaiveDate::from_ymd_opt(2026, 8, 15));
         assert_eq!(e.end_date, None);
-        assert_eq!(warnings.len(), 1);
+        assert_eq!(codes(&warnings), vec![Code::DateUnparseable]);
         assert!(warnings[0].message.contains("endDate"));
         assert!(!warnings[0].message.contains("2026-13-45"));
-
-        let mut w = enrollment_w();
-        w.date_last_modified = some("yesterday");
-        let (e, warnings) = enrollment(w).unwrap();
-        assert_eq!(e.source_modified_at, None);
-        assert!(warnings[0].message.contains("dateLastModified"));
     }
 
     #[test]
     fn enrollment_required_fields() {
         let mut w = enrollment_w();
         w.user = None;
-        assert_eq!(enrollment(w).unwrap_err().reason, "missing user reference");
+        assert_eq!(enrollment(w).unwrap_err().code, Code::EnrollmentWithoutUser);
         let mut w = enrollment_w();
         w.class = some("");
-        assert_eq!(enrollment(w).unwrap_err().reason, "missing class reference");
+        assert_eq!(
+            enrollment(w).unwrap_err().code,
+            Code::EnrollmentWithoutClass
+        );
         let mut w = enrollment_w();
         w.role = None;
-        assert_eq!(enrollment(w).unwrap_err().reason, "missing role");
+        assert_eq!(enrollment(w).unwrap_err().code, Code::EnrollmentRoleMissing);
         let mut w = enrollment_w();
         w.role = some("janitor");
-        let s = enrollment(w).unwrap_err();
+        let f = enrollment(w).unwrap_err();
         assert_eq!(
-            (s.entity, s.sourced_id.as_str(), s.reason.as_str()),
-            ("enrollments", "e1", "unknown role")
+            (f.code, f.entity, f.sourced_id.as_str()),
+            (Code::EnrollmentRoleUnknown, "enrollments", "e1")
         );
         let mut w = enrollment_w();
         w.role = some("Teacher");
@@ -531,42 +795,6 @@ mod tests {
         assert_eq!(e.role, "teacher");
         assert_eq!(e.is_primary, Some(true));
         assert_eq!(e.school_sourced_id.as_deref(), Some("s1"));
-    }
-
-    #[test]
-    fn class_and_session_mapping() {
-        let w = wire::Class {
-            sourced_id: some("c1"),
-            status: some("active"),
-            class_type: some("Homeroom"),
-            class_code: some(""),
-            course: some("k1"),
-            terms: vec!["t1".into()],
-            periods: vec!["1".into(), "2".into()],
-            ..Default::default()
-        };
-        let (c, _) = class(w).unwrap();
-        assert_eq!(c.class_type.as_deref(), Some("Homeroom"));
-        assert_eq!(c.class_code, None);
-        assert_eq!(c.course_sourced_id.as_deref(), Some("k1"));
-        assert_eq!(c.term_sourced_ids, vec!["t1"]);
-        assert_eq!(c.periods, vec!["1", "2"]);
-        assert!(c.subjects.is_empty());
-
-        let w = wire::AcademicSession {
-            sourced_id: some("t1"),
-            status: some("active"),
-            session_type: some("schoolYear"),
-            start_date: some("2026-08-01"),
-            end_date: some("2027-06-30T00:00:00Z"),
-            school_year: some("2027"),
-            ..Default::default()
-        };
-        let (s, warnings) = academic_session(w).unwrap();
-        assert!(warnings.is_empty());
-        assert_eq!(s.session_type.as_deref(), Some("schoolYear"));
-        assert_eq!(s.end_date, NaiveDate::from_ymd_opt(2027, 6, 30));
-        assert_eq!(s.school_year.as_deref(), Some("2027"));
     }
 
     fn demo(sex: Option<&str>) -> wire::Demographics {
@@ -595,12 +823,13 @@ mod tests {
             (None, None),
         ] {
             let (d, warnings) = demographics(demo(sex)).unwrap();
-            assert_eq!(d.unwrap().gender.as_deref(), want, "{sex:?}");
+            assert_eq!(d.demo.gender(), want, "{sex:?}");
+            assert!(d.demo.present);
             assert!(warnings.is_empty());
         }
         let (d, warnings) = demographics(demo(Some("Zebra"))).unwrap();
-        assert_eq!(d.unwrap().gender, None);
-        assert_eq!(warnings.len(), 1);
+        assert_eq!(d.demo.gender(), None);
+        assert_eq!(codes(&warnings), vec![Code::SexUnknown]);
         assert_eq!(warnings[0].entity, "demographics");
         assert_eq!(warnings[0].sourced_id, "u1");
         assert!(!warnings[0].message.to_lowercase().contains("zebra"));
@@ -619,30 +848,30 @@ mod tests {
             ..demo(Some("female"))
         };
         let (d, _) = demographics(w).unwrap();
-        let d = d.unwrap();
         assert_eq!(d.user_sourced_id, "u1");
         assert_eq!(
-            d.races,
+            d.demo.races().unwrap(),
             vec![
                 "asian",
                 "native_hawaiian_or_other_pacific_islander",
                 "white"
             ]
         );
-        assert_eq!(d.hispanic_or_latino, Some(false));
+        assert_eq!(d.demo.hispanic_or_latino, Some(false));
         let (d, _) = demographics(demo(None)).unwrap();
-        let d = d.unwrap();
-        assert!(d.races.is_empty());
-        assert_eq!(d.hispanic_or_latino, None);
+        assert_eq!(d.demo.races(), Some(Vec::new()));
+        assert_eq!(d.demo.hispanic_or_latino, None);
     }
 
     #[test]
     fn deleted_demographics_is_no_record() {
         let mut w = demo(Some("male"));
         w.status = some("tobedeleted");
-        assert_eq!(demographics(w).unwrap().0, None);
+        let (d, _) = demographics(w).unwrap();
+        assert!(!d.demo.present);
+        assert_eq!(d.demo.races(), None);
         let mut w = demo(Some("male"));
         w.status = None;
-        assert_eq!(demographics(w).unwrap_err().reason, "missing status");
+        assert_eq!(demographics(w).unwrap_err().code, Code::StatusMissing);
     }
 }

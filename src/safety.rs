@@ -1,24 +1,25 @@
 //! The safety gate (CONTRACT §6): change sets larger than a district's limits are held for an
 //! operator instead of applied, and applied only once approved, exactly as they were held.
+//! Pure: the held change sets themselves are kept by the history module.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 
 use serde::Serialize;
-use sqlx::PgPool;
-use uuid::Uuid;
 
-use crate::config::SafetyLimits;
+use crate::config::{DemographicsLimits, SafetyLimits};
+use crate::diff::ChangeCounts;
 use crate::domain::Entity;
-use crate::mirror::ChangeCounts;
 
 /// One limit a change set goes over.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Breach {
     pub entity: Entity,
-    /// `delete` or `update`.
+    /// `delete`, `update` or `clear_demographics`.
     pub operation: &'static str,
     pub count: i64,
-    /// Rows of the type active before the run.
+    /// Rows of the type active before the run (for `clear_demographics`: users holding
+    /// demographics).
     pub active: i64,
     /// The limit, as configured, e.g. `max_delete_percent = 10`.
     pub limit: String,
@@ -31,37 +32,40 @@ impl std::fmt::Display for Breach {
         } else {
             String::new()
         };
+        let (what, of) = match self.operation {
+            "delete" => ("deleted", "active"),
+            "clear_demographics" => ("would lose their demographics", "holding demographics"),
+            _ => ("updated", "active"),
+        };
         write!(
             f,
-            "{} {} {} of {} active{} over {}",
-            self.entity,
-            self.count,
-            past(self.operation),
-            self.active,
-            share,
-            self.limit
+            "{} {} {what} of {} {of}{share} over {}",
+            self.entity, self.count, self.active, self.limit
         )
     }
 }
 
-fn past(operation: &str) -> &'static str {
-    if operation == "delete" {
-        "deleted"
-    } else {
-        "updated"
-    }
+/// What a run's change set comes to, for the gate.
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    pub counts: BTreeMap<Entity, ChangeCounts>,
+    /// Rows per type active before the run.
+    pub active: BTreeMap<Entity, i64>,
+    /// Users whose stored demographics this change set clears, of those holding any.
+    pub demographics_cleared: i64,
+    pub users_with_demographics: i64,
 }
 
 /// The limits a change set goes over; empty when it may be applied.
 pub fn judge(
-    changes: &BTreeMap<Entity, ChangeCounts>,
-    active: &BTreeMap<Entity, i64>,
+    changes: &Changes,
     limits: &BTreeMap<Entity, SafetyLimits>,
+    demographics: &DemographicsLimits,
 ) -> Vec<Breach> {
     let mut breaches = Vec::new();
-    for (entity, c) in changes {
+    for (entity, c) in &changes.counts {
         let limit = limits.get(entity).copied().unwrap_or_default();
-        let active = active.get(entity).copied().unwrap_or(0);
+        let active = changes.active.get(entity).copied().unwrap_or(0);
         let percentages_apply = active > 0 && active as u64 >= limit.min_population;
         let share = |n: i64| 100.0 * n as f64 / active.max(1) as f64;
         let mut breach = |operation, count: i64, limit: String| {
@@ -102,159 +106,98 @@ pub fn judge(
             _ => {}
         }
     }
+    // Demographics going away is a change of sharing more often than of the roster (the app's
+    // demographics permission switched off, an endpoint answering empty): judged like
+    // deletions, with its own limit and reason.
+    let cleared = changes.demographics_cleared;
+    let holding = changes.users_with_demographics;
+    let min_population = limits
+        .get(&Entity::Users)
+        .copied()
+        .unwrap_or_default()
+        .min_population;
+    let breach = |limit: String| Breach {
+        entity: Entity::Users,
+        operation: "clear_demographics",
+        count: cleared,
+        active: holding,
+        limit,
+    };
+    if cleared as u64 > demographics.max_clear_count {
+        breaches.push(breach(format!(
+            "max_demographics_clear_count = {}",
+            demographics.max_clear_count
+        )));
+    } else if holding > 0
+        && holding as u64 >= min_population
+        && 100.0 * cleared as f64 / holding as f64 > demographics.max_clear_percent
+    {
+        breaches.push(breach(format!(
+            "max_demographics_clear_percent = {}",
+            demographics.max_clear_percent
+        )));
+    }
     breaches
 }
 
-/// A change set waiting for approval, as `status` and `approve` show it.
+/// Why a change set was (or would be) held, and how it is identified for `approve`.
 #[derive(Debug, Clone, Serialize)]
-pub struct Held {
+pub struct Hold {
     pub fingerprint: String,
-    pub run_id: Uuid,
-    pub held_at: chrono::DateTime<chrono::Utc>,
+    pub breaches: Vec<Breach>,
+    /// The operator approved exactly this change set, so it was applied.
     pub approved: bool,
-    pub counts: serde_json::Value,
-    pub reasons: serde_json::Value,
 }
 
-/// Whether this exact change set was approved and not applied yet.
-pub async fn is_approved(
-    state: &PgPool,
-    district: &str,
-    fingerprint: &str,
-) -> Result<bool, sqlx::Error> {
-    let approved: Option<bool> = sqlx::query_scalar(
-        "SELECT approved_at IS NOT NULL FROM sync.held_change_sets
-         WHERE district_id = $1 AND fingerprint = $2 AND released_at IS NULL",
-    )
-    .bind(district)
-    .bind(fingerprint)
-    .fetch_optional(state)
-    .await?;
-    Ok(approved.unwrap_or(false))
+/// What happens to a change set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Within the limits.
+    Apply,
+    /// Over a limit, but exactly this change set was approved.
+    ApplyApproved,
+    /// Over a limit: kept for approval, nothing applied.
+    Hold,
+    /// Nothing is applied either way (the hold, if any, says what would happen).
+    DryRun,
 }
 
-/// Keeps a change set as held (again, if the same one was held before) and retires any other
-/// pending one of the district: only the newest change set can be approved.
-pub async fn hold(
-    state: &PgPool,
-    district: &str,
-    fingerprint: &str,
-    run_id: Uuid,
-    counts: &serde_json::Value,
-    samples: &serde_json::Value,
-    reasons: &serde_json::Value,
-) -> Result<(), sqlx::Error> {
-    let mut tx = state.begin().await?;
-    sqlx::query(
-        "UPDATE sync.held_change_sets SET released_at = now(), resolution = 'superseded'
-         WHERE district_id = $1 AND fingerprint <> $2 AND released_at IS NULL",
-    )
-    .bind(district)
-    .bind(fingerprint)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO sync.held_change_sets (district_id, fingerprint, run_id, counts, samples, reasons)
-         VALUES ($1, $2, $3, $4, $5, $6)
-         ON CONFLICT (district_id, fingerprint) DO UPDATE
-         SET run_id = EXCLUDED.run_id, counts = EXCLUDED.counts, samples = EXCLUDED.samples,
-             reasons = EXCLUDED.reasons,
-             held_at = CASE WHEN sync.held_change_sets.released_at IS NULL THEN sync.held_change_sets.held_at ELSE now() END,
-             approved_at = CASE WHEN sync.held_change_sets.released_at IS NULL THEN sync.held_change_sets.approved_at END,
-             released_at = NULL, resolution = NULL",
-    )
-    .bind(district)
-    .bind(fingerprint)
-    .bind(run_id)
-    .bind(counts)
-    .bind(samples)
-    .bind(reasons)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await
-}
-
-/// Marks an approved change set applied, and retires any other pending one.
-pub async fn release(state: &PgPool, district: &str, fingerprint: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE sync.held_change_sets
-         SET released_at = now(), resolution = CASE WHEN fingerprint = $2 THEN 'applied' ELSE 'superseded' END
-         WHERE district_id = $1 AND released_at IS NULL",
-    )
-    .bind(district)
-    .bind(fingerprint)
-    .execute(state)
-    .await?;
-    Ok(())
-}
-
-/// Retires every pending change set of the district: a run passed the gate without one, so the
-/// source moved on from what was held.
-pub async fn supersede(state: &PgPool, district: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE sync.held_change_sets SET released_at = now(), resolution = 'superseded'
-         WHERE district_id = $1 AND released_at IS NULL",
-    )
-    .bind(district)
-    .execute(state)
-    .await?;
-    Ok(())
-}
-
-/// The district's pending held change set, if any.
-pub async fn pending(state: &PgPool, district: &str) -> Result<Option<Held>, sqlx::Error> {
-    let row: Option<(
-        String,
-        Uuid,
-        chrono::DateTime<chrono::Utc>,
-        bool,
-        serde_json::Value,
-        serde_json::Value,
-    )> = sqlx::query_as(
-        "SELECT fingerprint, run_id, held_at, approved_at IS NOT NULL, counts, reasons
-             FROM sync.held_change_sets WHERE district_id = $1 AND released_at IS NULL
-             ORDER BY held_at DESC LIMIT 1",
-    )
-    .bind(district)
-    .fetch_optional(state)
-    .await?;
-    Ok(row.map(
-        |(fingerprint, run_id, held_at, approved, counts, reasons)| Held {
-            fingerprint,
-            run_id,
-            held_at,
-            approved,
-            counts,
-            reasons,
-        },
-    ))
-}
-
-/// Approves the district's pending change set (optionally only if it has this fingerprint);
-/// returns it, or `None` when nothing matching is held.
-pub async fn approve(
-    state: &PgPool,
-    district: &str,
-    fingerprint: Option<&str>,
-) -> Result<Option<Held>, sqlx::Error> {
-    let Some(held) = pending(state, district).await? else {
-        return Ok(None);
-    };
-    if fingerprint.is_some_and(|f| f != held.fingerprint) {
-        return Ok(None);
+/// The gate, in one call: judges the change set and, only when it goes over a limit, asks
+/// `approval` for its fingerprint and whether that exact change set was approved.
+pub async fn gate<E, F, Fut>(
+    changes: &Changes,
+    limits: &BTreeMap<Entity, SafetyLimits>,
+    demographics: &DemographicsLimits,
+    dry_run: bool,
+    approval: F,
+) -> Result<(Verdict, Option<Hold>), E>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<(String, bool), E>>,
+{
+    let breaches = judge(changes, limits, demographics);
+    if breaches.is_empty() {
+        let verdict = if dry_run {
+            Verdict::DryRun
+        } else {
+            Verdict::Apply
+        };
+        return Ok((verdict, None));
     }
-    sqlx::query(
-        "UPDATE sync.held_change_sets SET approved_at = now()
-         WHERE district_id = $1 AND fingerprint = $2 AND released_at IS NULL",
-    )
-    .bind(district)
-    .bind(&held.fingerprint)
-    .execute(state)
-    .await?;
-    Ok(Some(Held {
-        approved: true,
-        ..held
-    }))
+    let (fingerprint, approved) = approval().await?;
+    let verdict = match (dry_run, approved) {
+        (true, _) => Verdict::DryRun,
+        (false, true) => Verdict::ApplyApproved,
+        (false, false) => Verdict::Hold,
+    };
+    Ok((
+        verdict,
+        Some(Hold {
+            fingerprint,
+            breaches,
+            approved,
+        }),
+    ))
 }
 
 #[cfg(test)]
@@ -269,11 +212,12 @@ mod tests {
     }
 
     fn one(entity: Entity, c: ChangeCounts, active: i64) -> Vec<Breach> {
-        judge(
-            &BTreeMap::from([(entity, c)]),
-            &BTreeMap::from([(entity, active)]),
-            &limits(),
-        )
+        let changes = Changes {
+            counts: BTreeMap::from([(entity, c)]),
+            active: BTreeMap::from([(entity, active)]),
+            ..Changes::default()
+        };
+        judge(&changes, &limits(), &DemographicsLimits::default())
     }
 
     #[test]
@@ -342,5 +286,72 @@ mod tests {
             ..Default::default()
         };
         assert!(one(Entity::Users, c, 0).is_empty());
+    }
+
+    #[test]
+    fn demographics_cleared_have_their_own_limit() {
+        let changes = |cleared| Changes {
+            demographics_cleared: cleared,
+            users_with_demographics: 1000,
+            ..Changes::default()
+        };
+        let d = DemographicsLimits::default();
+        assert!(judge(&changes(100), &limits(), &d).is_empty());
+        let b = judge(&changes(101), &limits(), &d);
+        assert_eq!(b.len(), 1);
+        assert_eq!(b[0].operation, "clear_demographics");
+        assert_eq!(b[0].limit, "max_demographics_clear_percent = 10");
+        assert!(b[0].to_string().contains("would lose their demographics"));
+    }
+
+    #[tokio::test]
+    async fn the_gate_asks_for_approval_only_over_a_limit() {
+        let d = DemographicsLimits::default();
+        let calm = Changes::default();
+        let (v, hold) = safety_gate(&calm, false, || async {
+            panic!("no fingerprint within the limits")
+        })
+        .await;
+        assert_eq!((v, hold.is_none()), (Verdict::Apply, true));
+        let big = Changes {
+            counts: BTreeMap::from([(
+                Entity::Users,
+                ChangeCounts {
+                    deleted: 600,
+                    ..Default::default()
+                },
+            )]),
+            active: BTreeMap::from([(Entity::Users, 1000)]),
+            ..Changes::default()
+        };
+        for (dry_run, approved, want) in [
+            (false, false, Verdict::Hold),
+            (false, true, Verdict::ApplyApproved),
+            (true, false, Verdict::DryRun),
+        ] {
+            let (v, hold) = gate::<(), _, _>(&big, &limits(), &d, dry_run, || async move {
+                Ok(("fp".to_owned(), approved))
+            })
+            .await
+            .unwrap();
+            assert_eq!(v, want);
+            assert_eq!(hold.unwrap().fingerprint, "fp");
+        }
+    }
+
+    async fn safety_gate<F, Fut>(changes: &Changes, dry_run: bool, f: F) -> (Verdict, Option<Hold>)
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<(String, bool), ()>>,
+    {
+        gate(
+            changes,
+            &limits(),
+            &DemographicsLimits::default(),
+            dry_run,
+            f,
+        )
+        .await
+        .unwrap()
     }
 }

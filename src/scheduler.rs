@@ -4,9 +4,10 @@
 //! process-wide limit (`[daemon] max_concurrent_runs`), claims the district in Postgres and runs
 //! [`sync::run_once`]. Coordination between replicas on one database is Postgres only:
 //!
-//! - the claim is one atomic `UPDATE sync.districts` that succeeds only when the district is due
-//!   (`next_run_at` passed) and nobody holds a live lease, and moves `next_run_at` on, so one
-//!   replica wins and the others see the district as not due for that interval;
+//! - the claim is one atomic update of the district's row (`history::claim`) that succeeds
+//!   only when the district is due (`next_run_at` passed) and nobody holds a live lease, and
+//!   moves `next_run_at` on, so one replica wins and the others see the district as not due
+//!   for that interval;
 //! - for the run's whole length the winner holds a session-level advisory lock on a dedicated
 //!   connection, so two runs of a district never overlap even when a run outlasts its interval
 //!   (or `sync --district` runs it by hand); Postgres drops the lock when the holder dies.
@@ -22,6 +23,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::{Connection, PgConnection, PgPool};
+
+use crate::history::{self, HistoryError};
+use crate::telemetry::error_chain;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -64,6 +68,17 @@ pub enum SchedulerError {
     },
     #[error(transparent)]
     Health(#[from] HealthError),
+    #[error("district {district}: {source}")]
+    History {
+        district: String,
+        #[source]
+        source: HistoryError,
+    },
+}
+
+fn hist(district: &str) -> impl FnOnce(HistoryError) -> SchedulerError {
+    let district = district.to_owned();
+    move |source| SchedulerError::History { district, source }
 }
 
 fn db(doing: &'static str, district: &str) -> impl FnOnce(sqlx::Error) -> SchedulerError {
@@ -102,7 +117,7 @@ impl DistrictState {
     }
 }
 
-/// One district's schedule state, from `sync.districts` and its latest run.
+/// One district's schedule state, from its history row and its latest run.
 #[derive(Debug, Clone)]
 pub struct DistrictView {
     pub id: String,
@@ -119,36 +134,21 @@ pub async fn district_views(
     state_db: &PgPool,
     settings: &Settings,
 ) -> Result<Vec<DistrictView>, SchedulerError> {
-    type Row = (
-        String,
-        Option<DateTime<Utc>>,
-        i32,
-        Option<DateTime<Utc>>,
-        Option<String>,
-        Option<String>,
-    );
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT d.district_id, d.last_success_at, d.consecutive_failures, d.next_run_at,
-                CASE WHEN d.lease_until > now() THEN d.leased_by END,
-                (SELECT r.outcome FROM sync.runs r WHERE r.district_id = d.district_id
-                  ORDER BY r.started_at DESC LIMIT 1)
-         FROM sync.districts d",
-    )
-    .fetch_all(state_db)
-    .await
-    .map_err(db("reading the schedule", "(all)"))?;
-    let mut by_id: HashMap<String, Row> = rows.into_iter().map(|r| (r.0.clone(), r)).collect();
+    let mut by_id = history::schedule(state_db).await.map_err(hist("(all)"))?;
     let today = Utc::now().date_naive();
     let quarantine_after = i64::from(settings.daemon.quarantine_after);
     Ok(settings
         .districts
         .iter()
         .map(|d| {
-            let (last_success_at, failures, next_run_at, leased_by, last_outcome) =
-                match by_id.remove(&d.id) {
-                    Some((_, s, f, n, l, o)) => (s, i64::from(f), n, l, o),
-                    None => (None, 0, None, None, None),
-                };
+            let row = by_id.remove(&d.id).unwrap_or_default();
+            let (last_success_at, failures, next_run_at, leased_by, last_outcome) = (
+                row.last_success_at,
+                row.consecutive_failures,
+                row.next_run_at,
+                row.leased_by,
+                row.last_outcome,
+            );
             let state = if !d.enabled {
                 DistrictState::Disabled
             } else {
@@ -252,17 +252,9 @@ pub async fn try_lock_district(
         let _ = conn.close().await;
         return Ok(None);
     }
-    // Holding the lock, no other applying run of this district is alive: a run still marked
-    // `running` belonged to a process that died (or was stopped past its grace) mid-run.
-    sqlx::query(
-        "UPDATE sync.runs SET outcome = 'abandoned', finished_at = now(),
-             error = 'the process running it stopped before it finished; the next run converges'
-         WHERE district_id = $1 AND outcome = 'running' AND NOT dry_run",
-    )
-    .bind(district)
-    .execute(&mut conn)
-    .await
-    .map_err(db("closing abandoned runs", district))?;
+    history::close_abandoned(&mut conn, district)
+        .await
+        .map_err(hist(district))?;
     Ok(Some(DistrictLock {
         conn,
         district: district.to_owned(),
@@ -284,7 +276,7 @@ impl DistrictLock {
     }
 }
 
-/// This process's name in `sync.districts.leased_by`.
+/// This process's name in the districts' leases.
 fn replica_id() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".to_owned());
     let tag = uuid::Uuid::new_v4().simple().to_string();
@@ -337,11 +329,9 @@ pub async fn run(
         .cloned()
         .collect();
     for d in &districts {
-        sqlx::query("INSERT INTO sync.districts (district_id) VALUES ($1) ON CONFLICT DO NOTHING")
-            .bind(&d.id)
-            .execute(&dbs.state)
+        history::register(&dbs.state, &d.id)
             .await
-            .map_err(db("registering the district", &d.id))?;
+            .map_err(hist(&d.id))?;
     }
     let replica = replica_id();
     let monitor = Monitor::new();
@@ -481,7 +471,7 @@ async fn heartbeat(ctx: &Ctx, settings: &Settings, log: bool) {
     {
         Ok(Ok(views)) => views,
         Ok(Err(e)) => {
-            error!(error = %sync::error_chain(&e), "heartbeat: cannot read the districts' state");
+            error!(error = %error_chain(&e), "heartbeat: cannot read the districts' state");
             return;
         }
         Err(_) => {
@@ -522,11 +512,7 @@ async fn heartbeat(ctx: &Ctx, settings: &Settings, log: bool) {
 async fn release_leases(ctx: &Ctx) {
     let released = tokio::time::timeout(
         HOUSEKEEPING_TIMEOUT,
-        sqlx::query(
-            "UPDATE sync.districts SET leased_by = NULL, lease_until = NULL WHERE leased_by = $1",
-        )
-        .bind(&ctx.replica)
-        .execute(&ctx.dbs.state),
+        history::release_leases(&ctx.dbs.state, &ctx.replica),
     )
     .await;
     if !matches!(released, Ok(Ok(_))) {
@@ -553,7 +539,7 @@ async fn district_loop(ctx: Arc<Ctx>, district: DistrictConfig, pause: Vec<Pause
                 let retry = district.interval.min(ERROR_RETRY_MAX);
                 error!(
                     district = %district.id,
-                    error = %sync::error_chain(&e),
+                    error = %error_chain(&e),
                     retry_in = %humantime::format_duration(retry),
                     "scheduling failed"
                 );
@@ -625,13 +611,9 @@ async fn cycle(
     lock.release().await;
     ctx.monitor.record_run(&report);
 
-    let failures: i32 = sqlx::query_scalar(
-        "SELECT consecutive_failures FROM sync.districts WHERE district_id = $1",
-    )
-    .bind(&d.id)
-    .fetch_one(&ctx.dbs.state)
-    .await
-    .map_err(db("reading the failure count", &d.id))?;
+    let failures = history::consecutive_failures(&ctx.dbs.state, &d.id)
+        .await
+        .map_err(hist(&d.id))?;
     let next = if report.outcome == Outcome::Failed {
         let n = u32::try_from(failures).unwrap_or(1).max(1);
         let delay = backoff(d.interval, d.full_interval, ctx.daemon.max_backoff, n);
@@ -659,7 +641,7 @@ async fn cycle(
     ctx.monitor.set_district(
         &d.id,
         (report.outcome != Outcome::Failed).then_some(report.finished_at),
-        i64::from(failures),
+        failures,
     );
     Ok(next)
 }
@@ -670,25 +652,15 @@ struct Claim {
 
 /// The atomic claim: succeeds for exactly one replica when the district is due.
 async fn claim(ctx: &Ctx, d: &DistrictConfig) -> Result<Option<Claim>, SchedulerError> {
-    let row: Option<(i32,)> = sqlx::query_as(
-        "UPDATE sync.districts
-            SET next_run_at = now() + make_interval(secs => $3),
-                leased_by = $2,
-                lease_until = now() + make_interval(secs => $3)
-          WHERE district_id = $1
-            AND (next_run_at IS NULL OR next_run_at <= now())
-            AND (lease_until IS NULL OR lease_until < now())
-          RETURNING consecutive_failures",
+    let failures = history::claim(
+        &ctx.dbs.state,
+        &d.id,
+        &ctx.replica,
+        d.interval.as_secs_f64(),
     )
-    .bind(&d.id)
-    .bind(&ctx.replica)
-    .bind(d.interval.as_secs_f64())
-    .fetch_optional(&ctx.dbs.state)
     .await
-    .map_err(db("claiming the district", &d.id))?;
-    Ok(row.map(|(failures,)| Claim {
-        failures: i64::from(failures),
-    }))
+    .map_err(hist(&d.id))?;
+    Ok(failures.map(|failures| Claim { failures }))
 }
 
 /// Ends this process's lease; with `next`, also schedules the next run that long from now.
@@ -697,33 +669,21 @@ async fn end_lease(
     d: &DistrictConfig,
     next: Option<Duration>,
 ) -> Result<(), SchedulerError> {
-    sqlx::query(
-        "UPDATE sync.districts
-            SET next_run_at = COALESCE(now() + make_interval(secs => $3), next_run_at),
-                leased_by = CASE WHEN leased_by = $2 THEN NULL ELSE leased_by END,
-                lease_until = CASE WHEN leased_by = $2 THEN NULL ELSE lease_until END
-          WHERE district_id = $1",
+    history::end_lease(
+        &ctx.dbs.state,
+        &d.id,
+        &ctx.replica,
+        next.map(|n| n.as_secs_f64()),
     )
-    .bind(&d.id)
-    .bind(&ctx.replica)
-    .bind(next.map(|n| n.as_secs_f64()))
-    .execute(&ctx.dbs.state)
     .await
-    .map_err(db("scheduling the next run", &d.id))?;
-    Ok(())
+    .map_err(hist(&d.id))
 }
 
 /// How long until the district may be due again (its next run, or the end of a live lease).
 async fn until_due(ctx: &Ctx, d: &DistrictConfig) -> Result<Duration, SchedulerError> {
-    let seconds: Option<f64> = sqlx::query_scalar(
-        "SELECT EXTRACT(EPOCH FROM (GREATEST(next_run_at, lease_until) - now()))::float8
-           FROM sync.districts WHERE district_id = $1",
-    )
-    .bind(&d.id)
-    .fetch_optional(&ctx.dbs.state)
-    .await
-    .map_err(db("reading the schedule", &d.id))?
-    .flatten();
+    let seconds = history::seconds_until_due(&ctx.dbs.state, &d.id)
+        .await
+        .map_err(hist(&d.id))?;
     let wait = Duration::try_from_secs_f64(seconds.unwrap_or(0.0).max(0.0)).unwrap_or(MIN_POLL);
     Ok(wait.clamp(MIN_POLL, d.interval.max(MIN_POLL)))
 }

@@ -1,18 +1,19 @@
-//! The roster store (`roster.*`): the only code that writes it.
+//! The roster store (`roster.*`, CONTRACT §5): the only code that reads or writes it.
 //!
-//! It applies a diff prepared by the mirror module: the session it runs on holds the temporary
-//! tables `apply_<entity>` (rows to insert or update, as stored) and `del_<entity>` (ids to
-//! soft-delete). Every statement is guarded so that a row is written only when something stored
-//! in it changes, which also makes applying the same diff twice harmless.
+//! It applies a run's change set (the session's `apply_<entity>` and `del_<entity>` tables, see
+//! `changeset`). Every statement is guarded so that a row is written only when something stored
+//! in it changes, which also makes applying the same change set twice harmless. It also answers
+//! what a run must read of the store: stored users for a delta pull, the enrollments of users
+//! and classes a delta deactivates, the rows as stored for the drift check.
 //!
 //! # Two layouts
 //!
-//! When the store shares the daemon's database, the caller applies the diff and advances the
-//! mirror in one transaction. When it lives in another database ([`transfer`]), no transaction
+//! When the store shares the daemon's database, the caller applies the change set and
+//! advances the mirror in one transaction. When it lives in another database, no transaction
 //! spans both, so a run goes:
 //!
 //! 1. mark the district *pending* in the state database (committed);
-//! 2. copy the diff tables into a store session and apply them in one store transaction;
+//! 2. copy the change set into a store session and apply it in one store transaction;
 //! 3. advance the mirror and clear the mark in one state transaction.
 //!
 //! A crash after 2 but before 3 leaves the store ahead of the mirror. The next run sees the mark
@@ -23,10 +24,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use sqlx::{Executor, PgConnection};
+use sqlx::{PgConnection, PgPool, Row};
 
-use crate::domain::Entity;
-use crate::mirror::{column_defs, column_list, columns, write_change_set};
+use crate::changeset;
+use crate::db::{copy_out_lines, quote_literal};
+use crate::domain::{Demo, Entity, Status, User};
+use crate::stored::{column_list, columns};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -42,6 +45,15 @@ fn db(doing: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |source| StoreError::Database { doing, source }
 }
 
+impl From<sqlx::Error> for StoreError {
+    fn from(source: sqlx::Error) -> StoreError {
+        StoreError::Database {
+            doing: "reading the roster store",
+            source,
+        }
+    }
+}
+
 /// Applies `apply_*` and `del_*` of the `touched` entities (those with rows in them) to
 /// `roster.*` for one district, on the caller's transaction.
 pub async fn apply(
@@ -55,7 +67,7 @@ pub async fn apply(
         let from_apply = column_list(entity, "a.");
         let set = columns(entity)
             .iter()
-            .map(|(name, _)| format!("{name} = EXCLUDED.{name}"))
+            .map(|c| format!("{0} = EXCLUDED.{0}", c.name))
             .collect::<Vec<_>>()
             .join(", ");
         let old = column_list(entity, "t.");
@@ -71,7 +83,7 @@ pub async fn apply(
                  deleted_at = CASE WHEN EXCLUDED.status = 'deleted' THEN COALESCE(t.deleted_at, now()) END
              WHERE ({old}) IS DISTINCT FROM ({new})"
         );
-        write_change_set(conn, district, &insert, &upsert)
+        changeset::write_rows(conn, district, &insert, &upsert)
             .await
             .map_err(db("writing created and updated rows"))?;
         sqlx::query(sql!(
@@ -89,7 +101,7 @@ pub async fn apply(
 
 /// Reconcile only: soft-deletes the district's active store rows that are neither in this
 /// run's snapshot (`apply_*` holds all of it in reconcile mode) nor skipped as invalid, and
-/// records their ids in `del_*` so the mirror learns of them.
+/// returns their ids so the mirror learns of them.
 pub async fn reconcile_absent(
     conn: &mut PgConnection,
     district: &str,
@@ -101,7 +113,7 @@ pub async fn reconcile_absent(
             "UPDATE roster.{e} t SET status = 'deleted', deleted_at = now(), updated_at = now()
              WHERE t.district_id = $1 AND t.status = 'active'
                AND NOT EXISTS (SELECT 1 FROM apply_{e} a WHERE a.sourced_id = t.sourced_id)
-               AND NOT EXISTS (SELECT 1 FROM stage_skipped k WHERE k.entity = '{e}' AND k.sourced_id = t.sourced_id)
+               AND NOT EXISTS (SELECT 1 FROM skipped k WHERE k.entity = '{e}' AND k.sourced_id = t.sourced_id)
              RETURNING t.sourced_id"
         ))
         .bind(district)
@@ -113,66 +125,126 @@ pub async fn reconcile_absent(
     Ok(gone)
 }
 
-/// Copies the diff tables (`apply_*`, `del_*`, `stage_skipped`) from the state session into
-/// temporary tables of the same names in a store session (separate-database layout). The store
-/// session must be inside a transaction; the tables are dropped at its end.
-pub async fn transfer(
-    state: &mut PgConnection,
-    store: &mut PgConnection,
-) -> Result<(), StoreError> {
-    let mut ddl = String::from(
-        "CREATE TEMP TABLE stage_skipped (entity text NOT NULL, sourced_id text NOT NULL, reason text NOT NULL) ON COMMIT DROP;\n",
-    );
-    for entity in Entity::ALL {
-        let e = entity.as_str();
-        let defs = column_defs(entity);
-        ddl.push_str(&format!(
-            "CREATE TEMP TABLE apply_{e} (sourced_id text NOT NULL, {defs}, hash bigint, op text NOT NULL) ON COMMIT DROP;
-             CREATE TEMP TABLE del_{e} (sourced_id text PRIMARY KEY) ON COMMIT DROP;\n"
-        ));
-    }
-    store
-        .execute(sqlx::AssertSqlSafe(ddl))
-        .await
-        .map_err(db("creating transfer tables"))?;
-    let mut tables = vec!["stage_skipped".to_string()];
-    for entity in Entity::ALL {
-        tables.push(format!("apply_{}", entity.as_str()));
-        tables.push(format!("del_{}", entity.as_str()));
-    }
-    for table in tables {
-        copy_table(state, store, &table).await?;
-    }
-    store
-        .execute("CREATE INDEX ON stage_skipped (entity, sourced_id)")
-        .await
-        .map_err(db("indexing transfer tables"))?;
-    Ok(())
+/// Users as the store holds them, demographics included (a delta pull completes users with
+/// them).
+pub async fn users(store: &PgPool, district: &str, ids: &[&str]) -> Result<Vec<User>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT sourced_id, status, role, username, email, given_name, family_name, middle_name,
+                identifier, enabled, grades, org_sourced_ids, gender, hispanic_or_latino, races,
+                source_modified_at
+         FROM roster.users WHERE district_id = $1 AND sourced_id = ANY($2)",
+    )
+    .bind(district)
+    .bind(ids)
+    .fetch_all(store)
+    .await
+    .map_err(db("reading stored users for a delta pull"))?;
+    rows.iter()
+        .map(|r| -> Result<User, sqlx::Error> {
+            let gender: Option<String> = r.try_get("gender")?;
+            let races: Option<Vec<String>> = r.try_get("races")?;
+            Ok(User {
+                sourced_id: r.try_get("sourced_id")?,
+                status: if r.try_get::<&str, _>("status")? == "active" {
+                    Status::Active
+                } else {
+                    Status::Deleted
+                },
+                source_modified_at: r.try_get("source_modified_at")?,
+                role: r.try_get("role")?,
+                username: r.try_get("username")?,
+                email: r.try_get("email")?,
+                given_name: r.try_get("given_name")?,
+                family_name: r.try_get("family_name")?,
+                middle_name: r.try_get("middle_name")?,
+                identifier: r.try_get("identifier")?,
+                enabled: r.try_get("enabled")?,
+                grades: r.try_get("grades")?,
+                org_sourced_ids: r.try_get("org_sourced_ids")?,
+                demographics: Demo::stored(
+                    gender.as_deref(),
+                    r.try_get("hispanic_or_latino")?,
+                    races.as_deref(),
+                ),
+            })
+        })
+        .collect::<Result<_, _>>()
+        .map_err(db("reading stored users for a delta pull"))
 }
 
-async fn copy_table(
-    from: &mut PgConnection,
-    to: &mut PgConnection,
-    table: &str,
-) -> Result<(), StoreError> {
-    use futures_util::TryStreamExt;
-    let mut sink = to
-        .copy_in_raw(&format!("COPY {table} FROM STDIN"))
-        .await
-        .map_err(db("starting the copy into the store"))?;
-    {
-        let mut source = from
-            .copy_out_raw(&format!("COPY {table} TO STDOUT"))
-            .await
-            .map_err(db("starting the copy out of the state database"))?;
-        while let Some(chunk) = source.try_next().await.map_err(db("reading the diff"))? {
-            sink.send(chunk)
-                .await
-                .map_err(db("copying the diff into the store"))?;
-        }
+/// The active enrollments of these users and classes: (enrollment, user, class). The store's
+/// indexes find them; a delta runs only when the store and the mirror agree.
+pub async fn enrollments_of(
+    store: &PgPool,
+    district: &str,
+    users: &[String],
+    classes: &[String],
+) -> Result<Vec<(String, String, String)>, StoreError> {
+    if users.is_empty() && classes.is_empty() {
+        return Ok(Vec::new());
     }
-    sink.finish()
-        .await
-        .map_err(db("finishing the copy into the store"))?;
-    Ok(())
+    sqlx::query_as(
+        "SELECT sourced_id, user_sourced_id, class_sourced_id FROM roster.enrollments
+         WHERE district_id = $1 AND status = 'active'
+           AND (user_sourced_id = ANY($2) OR class_sourced_id = ANY($3))",
+    )
+    .bind(district)
+    .bind(users)
+    .bind(classes)
+    .fetch_all(store)
+    .await
+    .map_err(db("finding the enrollments of deleted users and classes"))
+}
+
+/// Of these users (ids), how many hold demographics in the store.
+pub async fn users_with_demographics(
+    store: &PgPool,
+    district: &str,
+    ids: &[String],
+) -> Result<i64, StoreError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    sqlx::query_scalar(
+        "SELECT count(*) FROM roster.users
+         WHERE district_id = $1 AND sourced_id = ANY($2) AND races IS NOT NULL",
+    )
+    .bind(district)
+    .bind(ids)
+    .fetch_one(store)
+    .await
+    .map_err(db("counting stored demographics"))
+}
+
+/// How many active users of the district hold demographics.
+pub async fn count_with_demographics(store: &PgPool, district: &str) -> Result<i64, StoreError> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM roster.users
+         WHERE district_id = $1 AND status = 'active' AND races IS NOT NULL",
+    )
+    .bind(district)
+    .fetch_one(store)
+    .await
+    .map_err(db("counting stored demographics"))
+}
+
+/// Streams every row of one entity of the district as `COPY` prints it (`sourced_id`, then the
+/// stored columns): the line the `stored` module encodes, for the drift check.
+pub async fn rows(
+    conn: &mut PgConnection,
+    district: &str,
+    entity: Entity,
+    mut each: impl FnMut(&[u8]),
+) -> Result<(), StoreError> {
+    let sql = format!(
+        "COPY (SELECT sourced_id, {} FROM roster.{} WHERE district_id = {}) TO STDOUT",
+        column_list(entity, ""),
+        entity.as_str(),
+        quote_literal(district)
+    );
+    copy_out_lines(conn, sql, |line| {
+        each(line);
+        Ok::<(), StoreError>(())
+    })
+    .await
 }

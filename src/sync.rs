@@ -1,38 +1,42 @@
-//! One sync cycle for one district: pull → normalize → stage → diff → apply → record.
+//! One sync cycle for one district, as values moving forward:
+//!
+//! pull (every collection through the [`Snapshot`] into the run's change set) → the safety
+//! [`Verdict`] → apply (store and mirror, one transaction) → record (history, summary line).
 //!
 //! [`run_once`] serves the daemon loop, `sync`, `sync --dry-run` and the tests alike. Nothing is
 //! written to the roster store or the mirror unless the whole pull completed and passed its
-//! checks; every run, whatever its outcome, leaves a row in `sync.runs` and one summary log line.
+//! checks; every run, whatever its outcome, leaves a row in the run history and one summary log line.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SubsecRound, Utc};
-use futures_util::TryStreamExt;
-use serde::Serialize;
 use sqlx::{Connection, Executor, PgConnection};
 use tracing::{Instrument, error, info, info_span, warn};
 use uuid::Uuid;
 
-use crate::config::DistrictConfig;
+use crate::changeset::{self, ChangeSetError};
+use crate::config::{DemographicsMode, DistrictConfig};
 use crate::db::{Databases, DbError};
-use crate::diff::{HASH_VERSION, Index};
-use crate::domain::{Demo, Entity, Skipped, Warning};
-use crate::mirror::{self, DiffMode, MirrorError, Samples};
-use crate::normalize;
-use crate::oneroster::{self, Endpoint, FetchError, OneRosterClient, Page, PullQuery, WireRecord};
-use crate::pipeline::{Lookups, Pipeline};
-use crate::safety::{self, Breach};
+use crate::diff::{ChangeCounts, HASH_VERSION, Samples};
+use crate::domain::{Entity, Finding, FindingSummary, Severity};
+use crate::history::{self, DistrictState, HistoryError, Success};
+use crate::mirror::{self, MirrorError};
+use crate::oneroster::{FetchError, OneRosterClient};
+use crate::pull::{self, Flow, Pull, PullError, Stage};
+use crate::registry::{Collection, Kind, each_collection};
+use crate::safety::{self, Changes, Verdict};
+use crate::snapshot::Snapshot;
 use crate::store::{self, StoreError};
+use crate::telemetry::error_chain;
+
+pub use crate::history::{EntityCounts, FetchStats, Outcome, PullKind, RunReport};
+pub use crate::safety::Hold;
 
 /// How many times a pull starts over when the upstream revision moves under it.
 const MAX_PULL_ATTEMPTS: usize = 4;
-/// Skipped records logged one per line per run; the rest are counted (all are in the history).
-const SKIPPED_LOG_LINES: usize = 100;
-/// Skipped records kept in the run history row.
-const SKIPPED_HISTORY: usize = 5_000;
-/// Changed rows are copied into the change-set tables in batches of about this size.
-const COPY_BATCH_BYTES: usize = 8 << 20;
+/// Findings logged one per line per run; the rest are counted (all are in the history).
+const FINDING_LOG_LINES: usize = 100;
 /// Sample ids per entity and operation in change reports and held change sets.
 const SAMPLE_IDS: usize = 10;
 
@@ -44,105 +48,20 @@ pub struct RunOptions {
     pub allow_delta: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    Applied,
-    NothingToDo,
-    DryRun,
-    Held,
-    Failed,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Applied => "applied",
-            Outcome::NothingToDo => "nothing_to_do",
-            Outcome::DryRun => "dry_run",
-            Outcome::Held => "held",
-            Outcome::Failed => "failed",
-        }
-    }
-}
-
-/// Per-entity counts of one run.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct EntityCounts {
-    pub fetched: i64,
-    pub created: i64,
-    pub updated: i64,
-    pub reactivated: i64,
-    pub deleted: i64,
-    pub skipped: i64,
-}
-
-/// What a run did; also what `sync` prints and what the run history keeps.
-#[derive(Debug, Clone, Serialize)]
-pub struct RunReport {
-    pub run_id: Uuid,
-    pub district: String,
-    pub outcome: Outcome,
-    pub dry_run: bool,
-    /// `true` for a complete snapshot, `false` for a delta pull (changes since the watermark;
-    /// nothing is deleted by absence).
-    pub full_pull: bool,
-    pub started_at: DateTime<Utc>,
-    pub finished_at: DateTime<Utc>,
-    pub duration_ms: u64,
-    pub revision: Option<String>,
-    pub counts: BTreeMap<Entity, EntityCounts>,
-    pub skipped: Vec<Skipped>,
-    pub warnings: usize,
-    /// Sample ids of the change set per entity and operation.
-    pub samples: Samples,
-    /// Set when the change set goes over a safety limit (held, or would be in a dry run, or
-    /// applied because it was approved).
-    pub hold: Option<Hold>,
-    /// Time per phase in milliseconds: `pull` (wall time of the whole pull, which includes
-    /// `index`, loading the mirror index; `classify`, checking, hashing and classifying
-    /// records, while normalization runs beside it on other threads; and `stage`, copying
-    /// changed rows into the change-set tables), `diff` (deletions by absence and the
-    /// cascade), `apply` (store and mirror).
-    pub phases_ms: BTreeMap<&'static str, u64>,
-    /// OneRoster requests made (retries included) and the time spent on them.
-    pub fetch: FetchStats,
-    pub error: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct FetchStats {
-    pub requests: u64,
-    pub retries: u64,
-    pub request_ms: u64,
-}
-
-/// Why a change set was (or would be) held, and how it is identified for `approve`.
-#[derive(Debug, Clone, Serialize)]
-pub struct Hold {
-    pub fingerprint: String,
-    pub breaches: Vec<Breach>,
-    /// The operator approved exactly this change set, so it was applied.
-    pub approved: bool,
-}
-
-impl RunReport {
-    pub fn changes(&self) -> i64 {
-        self.counts
-            .values()
-            .map(|c| c.created + c.updated + c.reactivated + c.deleted)
-            .sum()
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
     #[error(transparent)]
     Fetch(#[from] FetchError),
     #[error(transparent)]
+    Pull(#[from] PullError),
+    #[error(transparent)]
     Mirror(#[from] MirrorError),
     #[error(transparent)]
+    ChangeSet(#[from] ChangeSetError),
+    #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    History(#[from] HistoryError),
     #[error(transparent)]
     Db(#[from] DbError),
     #[error("database error while {doing}: {source}")]
@@ -160,8 +79,10 @@ pub enum SyncError {
         "the upstream data kept changing during the pull (x-perm-rev moved {attempts} times); giving up for this run"
     )]
     RevisionUnstable { attempts: usize },
-    #[error("internal error: {0}")]
-    Internal(String),
+    #[error("a full pull stopped early ({reason}); nothing was written")]
+    FullPullStopped { reason: String },
+    #[error("counting the mirror's active rows failed: {0}")]
+    Counting(String),
     #[error("the run exceeded its deadline of {0:?} (run_timeout)")]
     Deadline(Duration),
 }
@@ -180,861 +101,751 @@ pub async fn run_once(
     let dry_run = options.dry_run || district.dry_run;
     let span = info_span!("run", district = %district.id, run_id = %run_id);
     async move {
-        let started_at = Utc::now();
-        let clock = Instant::now();
+        let mut run = Run::new(dbs, district, run_id, options, dry_run);
         info!(dry_run, "run started");
-        let mut run = Run {
-            counts: BTreeMap::new(),
-            skipped: Vec::new(),
-            warnings: 0,
-            revision: None,
-            samples: Samples::new(),
-            hold: None,
-            phases: BTreeMap::new(),
-            fetch: FetchStats::default(),
-            started_at,
-            full_pull: true,
-            watermark: None,
-            upstream_counts: None,
-        };
-        for entity in Entity::ALL {
-            run.counts.insert(entity, EntityCounts::default());
-        }
-        if let Err(e) = record_start(dbs, &district.id, run_id, started_at, dry_run).await {
-            // Without a history row the run cannot be accounted for: fail before pulling.
-            return finish(
-                dbs,
-                district,
-                run_id,
-                started_at,
-                clock,
-                dry_run,
-                run,
-                Err(e),
-            )
-            .await;
-        }
-        let result = match tokio::time::timeout(
-            district.run_timeout,
-            cycle(dbs, district, run_id, options, dry_run, &mut run),
-        )
-        .await
-        {
-            Ok(result) => result,
-            Err(_) => Err(SyncError::Deadline(district.run_timeout)),
-        };
-        finish(
-            dbs, district, run_id, started_at, clock, dry_run, run, result,
-        )
-        .await
+        let result =
+            match history::record_start(&dbs.state, &district.id, run_id, run.started_at, dry_run)
+                .await
+            {
+                // Without a history row the run cannot be accounted for: fail before pulling.
+                Err(e) => Err(e.into()),
+                Ok(()) => match tokio::time::timeout(district.run_timeout, run.cycle()).await {
+                    Ok(result) => result,
+                    Err(_) => Err(SyncError::Deadline(district.run_timeout)),
+                },
+            };
+        run.finish(result).await
     }
     .instrument(span)
     .await
 }
 
-/// What a run accumulates while it goes.
-struct Run {
+/// One run: what it is for, and what it accumulates as it goes.
+struct Run<'a> {
+    dbs: &'a Databases,
+    district: &'a DistrictConfig,
+    run_id: Uuid,
+    options: RunOptions,
+    dry_run: bool,
+    started_at: DateTime<Utc>,
+    clock: Instant,
     counts: BTreeMap<Entity, EntityCounts>,
-    skipped: Vec<Skipped>,
-    warnings: usize,
+    findings: FindingSummary,
+    /// Findings logged so far (the first [`FINDING_LOG_LINES`]).
+    logged: usize,
     revision: Option<String>,
     samples: Samples,
     hold: Option<Hold>,
     phases: BTreeMap<&'static str, Duration>,
     fetch: FetchStats,
-    started_at: DateTime<Utc>,
-    /// Whether the snapshot is complete (deletions by absence) or a delta.
-    full_pull: bool,
+    pull_kind: PullKind,
+    pull_reason: Option<String>,
     /// The newest `dateLastModified` pulled.
     watermark: Option<DateTime<Utc>>,
-    /// What `sync.districts.upstream_counts` becomes if the run succeeds.
+    /// The district's upstream counts if the run succeeds (see `history`).
     upstream_counts: Option<BTreeMap<String, i64>>,
 }
 
-impl Run {
-    /// Adds time to a phase.
+/// What a pull delivered.
+struct Pulled {
+    snapshot: Snapshot,
+    tally: pull::Tally,
+    /// Records skipped as invalid, by entity (a reconcile leaves their rows alone).
+    skipped: Vec<(Entity, String)>,
+}
+
+impl<'a> Run<'a> {
+    fn new(
+        dbs: &'a Databases,
+        district: &'a DistrictConfig,
+        run_id: Uuid,
+        options: RunOptions,
+        dry_run: bool,
+    ) -> Run<'a> {
+        Run {
+            dbs,
+            district,
+            run_id,
+            options,
+            dry_run,
+            started_at: Utc::now(),
+            clock: Instant::now(),
+            counts: Entity::ALL
+                .into_iter()
+                .map(|e| (e, EntityCounts::default()))
+                .collect(),
+            findings: FindingSummary::default(),
+            logged: 0,
+            revision: None,
+            samples: Samples::new(),
+            hold: None,
+            phases: BTreeMap::new(),
+            fetch: FetchStats::default(),
+            pull_kind: PullKind::Full,
+            pull_reason: None,
+            watermark: None,
+            upstream_counts: None,
+        }
+    }
+
     fn timed(&mut self, phase: &'static str, since: Instant) {
         *self.phases.entry(phase).or_default() += since.elapsed();
     }
 
-    fn skip(&mut self, entity: Entity, skipped: Skipped) {
-        if let Some(c) = self.counts.get_mut(&entity) {
-            c.skipped += 1;
-        }
-        if self.skipped.len() < SKIPPED_LOG_LINES {
-            warn!(entity = skipped.entity, sourced_id = %skipped.sourced_id, reason = %skipped.reason, "record skipped");
-        }
-        self.skipped.push(skipped);
+    async fn cycle(&mut self) -> Result<Outcome, SyncError> {
+        let client = OneRosterClient::new(self.district)?;
+        let mut session = self.dbs.state_session().await?;
+        let result = self.cycle_in_session(&client, &mut session).await;
+        let stats = client.stats();
+        self.fetch = FetchStats {
+            requests: stats.requests,
+            retries: stats.retries,
+            request_ms: stats.request_time.as_millis() as u64,
+        };
+        // Closing the session drops every temporary table; a failed close changes nothing.
+        let _ = session.close().await;
+        result
     }
 
-    fn warn(&mut self, warning: Warning) {
-        if self.warnings < SKIPPED_LOG_LINES {
-            warn!(entity = warning.entity, sourced_id = %warning.sourced_id, message = %warning.message, "record kept with a warning");
+    async fn cycle_in_session(
+        &mut self,
+        client: &OneRosterClient,
+        session: &mut PgConnection,
+    ) -> Result<Outcome, SyncError> {
+        // Change sets are session-local tables: give them memory before the first one exists.
+        session
+            .execute("SET temp_buffers = '256MB'")
+            .await
+            .map_err(db("configuring the session"))?;
+        let state = history::district_state(&self.dbs.state, &self.district.id).await?;
+        let reconcile = self.dbs.store_is_separate && state.pending_run_id.is_some();
+        if reconcile {
+            warn!(pending_run_id = ?state.pending_run_id, "a previous run did not finish applying to the store: reconciling against it");
         }
-        self.warnings += 1;
+
+        let phase = Instant::now();
+        let mut pulled = self.pull(client, session, &state, reconcile).await?;
+        self.timed("pull", phase);
+        let full = self.pull_kind == PullKind::Full;
+
+        // Fail closed: an empty collection is never read as "everyone left". A delta pull is
+        // empty whenever nothing changed, and deletes nothing by absence.
+        if full {
+            for entity in Entity::ALL {
+                let active = pulled.snapshot.index.mirror_active(entity);
+                if self.counts[&entity].fetched == 0 && active > 0 {
+                    return Err(SyncError::EmptyCollection { entity, active });
+                }
+            }
+        }
+
+        let phase = Instant::now();
+        self.deletions(session, &mut pulled.snapshot).await?;
+        changeset::copy_skipped(session, &pulled.skipped).await?;
+        changeset::seal(session).await?;
+        self.timed("diff", phase);
+
+        let snapshot = pulled.snapshot;
+        for (entity, c) in &snapshot.tally.counts {
+            if let Some(counts) = self.counts.get_mut(entity) {
+                counts.created = c.created;
+                counts.updated = c.updated;
+                counts.reactivated = c.reactivated;
+                counts.deleted = c.deleted;
+            }
+        }
+        self.samples = snapshot.tally.samples();
+        self.watermark = snapshot.newest;
+
+        // The safety gate: over a limit, nothing is applied unless this exact change set was
+        // approved.
+        let changes = self.changes(session, &snapshot).await?;
+        let (dbs, district) = (self.dbs, self.district);
+        let fingerprinted = &mut *session;
+        let (verdict, hold) = safety::gate(
+            &changes,
+            &district.limits,
+            &district.demographics_limits,
+            self.dry_run,
+            move || async move {
+                let fingerprint = changeset::fingerprint(fingerprinted).await?;
+                let approved = history::is_approved(&dbs.state, &district.id, &fingerprint).await?;
+                Ok::<_, SyncError>((fingerprint, approved))
+            },
+        )
+        .await?;
+        let over_limits = hold.is_some();
+        self.hold = hold;
+        match verdict {
+            Verdict::DryRun => return Ok(Outcome::DryRun),
+            Verdict::Hold => {
+                self.hold_change_set().await?;
+                return Ok(Outcome::Held);
+            }
+            Verdict::ApplyApproved => {
+                if let Some(hold) = &self.hold {
+                    info!(fingerprint = %hold.fingerprint, "applying an approved change set");
+                }
+            }
+            Verdict::Apply => {}
+        }
+        if !over_limits && state.holding {
+            history::supersede(&self.dbs.state, &self.district.id).await?;
+        }
+        if snapshot.touched.is_empty() {
+            self.mark_success().await?;
+            return Ok(Outcome::NothingToDo);
+        }
+
+        let phase = Instant::now();
+        if self.dbs.store_is_separate {
+            self.apply_separate(session, &snapshot.touched, reconcile)
+                .await?;
+        } else {
+            let mut tx = session
+                .begin()
+                .await
+                .map_err(db("starting the apply transaction"))?;
+            store::apply(&mut tx, &self.district.id, &snapshot.touched).await?;
+            mirror::advance(&mut tx, &self.district.id, &snapshot.touched).await?;
+            history::set_hash_version(&mut tx, &self.district.id, HASH_VERSION).await?;
+            tx.commit()
+                .await
+                .map_err(db("committing the apply transaction"))?;
+        }
+        self.timed("apply", phase);
+        self.mark_success().await?;
+        if let Some(hold) = &self.hold {
+            history::release(&self.dbs.state, &self.district.id, &hold.fingerprint).await?;
+        }
+        Ok(Outcome::Applied)
     }
-}
 
-async fn cycle(
-    dbs: &Databases,
-    district: &DistrictConfig,
-    run_id: Uuid,
-    options: RunOptions,
-    dry_run: bool,
-    run: &mut Run,
-) -> Result<Outcome, SyncError> {
-    let client = OneRosterClient::new(district)?;
-    let mut session = dbs.state_session().await?;
-    let result = cycle_in_session(
-        dbs,
-        district,
-        run_id,
-        options,
-        dry_run,
-        run,
-        &client,
-        &mut session,
-    )
-    .await;
-    let stats = client.stats();
-    run.fetch = FetchStats {
-        requests: stats.requests,
-        retries: stats.retries,
-        request_ms: stats.request_time.as_millis() as u64,
-    };
-    // Closing the session drops every temporary table; a failed close changes nothing.
-    let _ = session.close().await;
-    result
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn cycle_in_session(
-    dbs: &Databases,
-    district: &DistrictConfig,
-    run_id: Uuid,
-    options: RunOptions,
-    dry_run: bool,
-    run: &mut Run,
-    client: &OneRosterClient,
-    session: &mut PgConnection,
-) -> Result<Outcome, SyncError> {
-    // Change sets are session-local tables: give them memory before the first one exists.
-    session
-        .execute("SET temp_buffers = '256MB'")
-        .await
-        .map_err(db("configuring the session"))?;
-    let state = district_state(dbs, &district.id).await?;
-    let mode = if dbs.store_is_separate && state.pending_run_id.is_some() {
-        warn!(pending_run_id = ?state.pending_run_id, "a previous run did not finish applying to the store: reconciling against it");
-        DiffMode::Reconcile
-    } else {
-        DiffMode::Mirror
-    };
-    let mut since = delta_since(options, district, &state, mode);
-    // A delta pull does not load the mirror, so its active counts (for the safety limits) are
-    // counted beside the pull.
-    let counting = since.map(|_| {
-        tokio::spawn(crate::diff::active_counts(
-            dbs.state.clone(),
-            district.id.clone(),
-        ))
-    });
-    let phase = Instant::now();
-    // What the server holds per collection, to tell whether records were purged since the
-    // last full pull (a delta cannot see them go).
-    let totals = match since {
-        Some(_) => match upstream_totals(client).await {
-            Ok(totals) => Some(totals),
-            Err(e) => {
-                warn!(error = %error_chain(&e), "could not read the collection totals: pulling everything");
-                since = None;
+    /// Pulls the district: a delta when one may be used and can be trusted, else (or when the
+    /// delta cannot be completed as one) everything.
+    async fn pull(
+        &mut self,
+        client: &OneRosterClient,
+        session: &mut PgConnection,
+        state: &DistrictState,
+        reconcile: bool,
+    ) -> Result<Pulled, SyncError> {
+        let mut since = match delta_since(self.options, self.district, state, reconcile) {
+            Ok(since) => Some(since),
+            Err(reason) => {
+                if self.options.allow_delta {
+                    info!(reason = %reason, "a full pull is due");
+                    self.pull_reason = Some(reason.to_owned());
+                }
                 None
             }
-        },
-        None => None,
-    };
-    let mut pipeline = loop {
-        match since {
-            Some(t) => {
-                info!(since = %t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "delta pull: records modified since the watermark")
-            }
-            None => info!("full pull"),
-        }
-        let pipeline = pull_snapshot(
-            dbs,
-            district,
-            client,
-            session,
-            run,
-            since,
-            mode,
-            state.hash_version == Some(HASH_VERSION),
-        )
-        .await?;
-        let needs_full = match (&pipeline.needs_full, &totals) {
-            (Some(reason), _) => Some(reason.clone()),
-            (None, Some(totals)) if since.is_some() => {
-                purged(totals, state.upstream_counts.as_deref(), &pipeline.tally)
-            }
-            _ => None,
         };
-        match (needs_full, since) {
-            (Some(reason), Some(_)) => {
-                warn!(reason = %reason, "delta pull abandoned ({reason}): pulling everything");
-                since = None;
-            }
-            // Only a delta stops early; a full pull that did would read as deletions.
-            (Some(reason), None) => {
-                return Err(SyncError::Internal(format!(
-                    "a full pull stopped early ({reason})"
-                )));
-            }
-            (None, _) => break pipeline,
-        }
-    };
-    run.full_pull = since.is_none();
-    run.timed("pull", phase);
-    run.upstream_counts = Some(if run.full_pull {
-        run.counts
-            .iter()
-            .map(|(e, c)| (e.as_str().to_owned(), c.fetched))
-            .collect()
-    } else {
-        let mut counts = state
-            .upstream_counts
-            .as_deref()
-            .cloned()
-            .unwrap_or_default();
-        for (e, c) in &pipeline.tally.counts {
-            *counts.entry(e.as_str().to_owned()).or_default() += c.created;
-        }
-        counts
-    });
-    if let Some(counting) = counting
-        && !run.full_pull
-    {
-        let counts = counting
-            .await
-            .map_err(|e| SyncError::Internal(format!("counting mirrored rows failed: {e}")))??;
-        pipeline.index.set_mirror_active(&counts);
-    }
-
-    // Fail closed: an empty collection is never read as "everyone left". A delta pull is
-    // empty whenever nothing changed, and deletes nothing by absence.
-    if run.full_pull {
-        for entity in Entity::ALL {
-            let fetched = run.counts.get(&entity).map(|c| c.fetched).unwrap_or(0);
-            let active = pipeline.index.mirror_active(entity);
-            if fetched == 0 && active > 0 {
-                return Err(SyncError::EmptyCollection { entity, active });
-            }
-        }
-    }
-
-    let phase = Instant::now();
-    pipeline.finish(session, &dbs.store, &district.id).await?;
-    mirror::seal_run_tables(session).await?;
-    run.timed("diff", phase);
-    let changes = pipeline.tally.counts.clone();
-    for (entity, c) in &changes {
-        if let Some(counts) = run.counts.get_mut(entity) {
-            counts.created = c.created;
-            counts.updated = c.updated;
-            counts.reactivated = c.reactivated;
-            counts.deleted = c.deleted;
-        }
-    }
-    let active: BTreeMap<Entity, i64> = Entity::ALL
-        .into_iter()
-        .map(|e| (e, pipeline.index.mirror_active(e)))
-        .collect();
-    run.samples = pipeline.tally.samples();
-    run.watermark = pipeline.newest;
-
-    // The safety gate: over a limit, nothing is applied unless this exact change set was
-    // approved.
-    let breaches = safety::judge(&changes, &active, &district.limits);
-    if !breaches.is_empty() {
-        let fingerprint = mirror::fingerprint(session).await?;
-        let approved = safety::is_approved(&dbs.state, &district.id, &fingerprint)
-            .await
-            .map_err(db("reading held change sets"))?;
-        run.hold = Some(Hold {
-            fingerprint: fingerprint.clone(),
-            breaches: breaches.clone(),
-            approved,
+        // A delta pull does not load the mirror, so its active counts (for the safety limits)
+        // are counted beside the pull.
+        let counting = since.map(|_| {
+            tokio::spawn(mirror::active_counts(
+                self.dbs.state.clone(),
+                self.district.id.clone(),
+            ))
         });
-        if dry_run {
-            return Ok(Outcome::DryRun);
-        }
-        if !approved {
-            hold(dbs, district, run_id, run, &fingerprint, &breaches).await?;
-            return Ok(Outcome::Held);
-        }
-        info!(fingerprint = %fingerprint, "applying an approved change set");
-    }
-
-    if dry_run {
-        return Ok(Outcome::DryRun);
-    }
-    if breaches.is_empty() && state.holding {
-        safety::supersede(&dbs.state, &district.id)
-            .await
-            .map_err(db("retiring the held change set"))?;
-    }
-    if pipeline.touched.is_empty() {
-        mark_success(dbs, district, run).await?;
-        return Ok(Outcome::NothingToDo);
-    }
-
-    let phase = Instant::now();
-    if dbs.store_is_separate {
-        apply_separate(dbs, &district.id, run_id, mode, &pipeline.touched, session).await?;
-    } else {
-        let mut tx = session
-            .begin()
-            .await
-            .map_err(db("starting the apply transaction"))?;
-        store::apply(&mut tx, &district.id, &pipeline.touched).await?;
-        mirror::advance(&mut tx, &district.id, &pipeline.touched).await?;
-        tx.commit()
-            .await
-            .map_err(db("committing the apply transaction"))?;
-    }
-    run.timed("apply", phase);
-    mark_success(dbs, district, run).await?;
-    if let Some(hold) = &run.hold {
-        safety::release(&dbs.state, &district.id, &hold.fingerprint)
-            .await
-            .map_err(db("releasing the approved change set"))?;
-    }
-    Ok(Outcome::Applied)
-}
-
-/// Keeps the change set for approval and says so in one error-level line: the district, the
-/// counts, the limits and how to approve.
-async fn hold(
-    dbs: &Databases,
-    district: &DistrictConfig,
-    run_id: Uuid,
-    run: &Run,
-    fingerprint: &str,
-    breaches: &[Breach],
-) -> Result<(), SyncError> {
-    let counts = counts_json(&run.counts);
-    let samples = serde_json::to_value(
-        run.samples
-            .iter()
-            .map(|(e, ops)| (e.as_str(), ops))
-            .collect::<BTreeMap<_, _>>(),
-    )
-    .unwrap_or_default();
-    let reasons = serde_json::to_value(breaches).unwrap_or_default();
-    safety::hold(
-        &dbs.state,
-        &district.id,
-        fingerprint,
-        run_id,
-        &counts,
-        &samples,
-        &reasons,
-    )
-    .await
-    .map_err(db("storing the held change set"))?;
-    let reasons = breaches
-        .iter()
-        .map(Breach::to_string)
-        .collect::<Vec<_>>()
-        .join("; ");
-    let c = |e: Entity| run.counts.get(&e).copied().unwrap_or_default();
-    error!(
-        district = %district.id,
-        fingerprint = %fingerprint,
-        reasons = %reasons,
-        users_deleted = c(Entity::Users).deleted,
-        users_updated = c(Entity::Users).updated + c(Entity::Users).reactivated,
-        classes_deleted = c(Entity::Classes).deleted,
-        classes_updated = c(Entity::Classes).updated + c(Entity::Classes).reactivated,
-        enrollments_deleted = c(Entity::Enrollments).deleted,
-        enrollments_updated = c(Entity::Enrollments).updated + c(Entity::Enrollments).reactivated,
-        approve_with = %format!("oneroster-sync approve --district {}", district.id),
-        "change set held by safety limits, nothing applied: {reasons}; review it (sync --dry-run) and run `oneroster-sync approve --district {}` to apply it",
-        district.id
-    );
-    Ok(())
-}
-
-fn counts_json(counts: &BTreeMap<Entity, EntityCounts>) -> serde_json::Value {
-    serde_json::to_value(
-        counts
-            .iter()
-            .map(|(e, c)| (e.as_str(), c))
-            .collect::<BTreeMap<_, _>>(),
-    )
-    .unwrap_or_default()
-}
-
-/// Applies to a roster store in another database; see the store module for the protocol and
-/// why it converges after a crash at any step.
-async fn apply_separate(
-    dbs: &Databases,
-    district: &str,
-    run_id: Uuid,
-    mode: DiffMode,
-    touched: &BTreeSet<Entity>,
-    session: &mut PgConnection,
-) -> Result<(), SyncError> {
-    sqlx::query("UPDATE sync.districts SET pending_run_id = $2, pending_since = now() WHERE district_id = $1")
-        .bind(district)
-        .bind(run_id)
-        .execute(&mut *session)
-        .await
-        .map_err(db("marking the apply as pending"))?;
-
-    let mut store_session = dbs.store_session().await?;
-    let result: Result<BTreeMap<Entity, Vec<String>>, SyncError> = async {
-        let mut tx = store_session
-            .begin()
-            .await
-            .map_err(db("starting the store transaction"))?;
-        store::transfer(session, &mut tx).await?;
-        store::apply(&mut tx, district, touched).await?;
-        let gone = match mode {
-            DiffMode::Reconcile => store::reconcile_absent(&mut tx, district).await?,
-            DiffMode::Mirror => BTreeMap::new(),
+        // What the server holds per collection, to tell whether records were purged since the
+        // last full pull (a delta cannot see them go).
+        let totals = match since {
+            Some(_) => match pull::upstream_totals(client).await {
+                Ok(totals) => Some(totals),
+                Err(e) => {
+                    warn!(error = %error_chain(&e), "could not read the collection totals: pulling everything");
+                    self.pull_reason = Some("the collection totals could not be read".into());
+                    since = None;
+                    None
+                }
+            },
+            None => None,
         };
-        tx.commit()
-            .await
-            .map_err(db("committing the store transaction"))?;
-        Ok(gone)
-    }
-    .await;
-    let _ = store_session.close().await;
-    let gone = result?;
-
-    let mut tx = session
-        .begin()
-        .await
-        .map_err(db("starting the mirror transaction"))?;
-    let mut touched = touched.clone();
-    for (entity, ids) in gone {
-        if ids.is_empty() {
-            continue;
+        let trust_hashes = state.hash_version == Some(HASH_VERSION);
+        let mut pulled = loop {
+            match since {
+                Some(t) => {
+                    info!(since = %t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "delta pull: records modified since the watermark")
+                }
+                None => info!("full pull"),
+            }
+            let pulled = self
+                .pull_snapshot(client, session, since, reconcile, trust_hashes)
+                .await?;
+            let needs_full = match (&pulled.snapshot.needs_full, &totals) {
+                (Some(reason), _) => Some(reason.clone()),
+                (None, Some(totals)) if since.is_some() => purged(
+                    totals,
+                    state.upstream_counts.as_deref(),
+                    &pulled.snapshot.tally.counts,
+                ),
+                _ => None,
+            };
+            match (needs_full, since) {
+                (Some(reason), Some(_)) => {
+                    warn!(reason = %reason, "delta pull abandoned ({reason}): pulling everything");
+                    self.pull_reason = Some(reason);
+                    since = None;
+                }
+                // Only a delta stops early; a full pull that did would read as deletions.
+                (Some(reason), None) => return Err(SyncError::FullPullStopped { reason }),
+                (None, _) => break pulled,
+            }
+        };
+        self.pull_kind = if since.is_some() {
+            PullKind::Delta
+        } else {
+            PullKind::Full
+        };
+        if self.pull_kind == PullKind::Full {
+            self.upstream_counts = Some(
+                self.counts
+                    .iter()
+                    .map(|(e, c)| (e.as_str().to_owned(), c.fetched))
+                    .collect(),
+            );
+        } else {
+            let mut counts = state
+                .upstream_counts
+                .as_deref()
+                .cloned()
+                .unwrap_or_default();
+            for (e, c) in &pulled.snapshot.tally.counts {
+                *counts.entry(e.as_str().to_owned()).or_default() += c.created;
+            }
+            self.upstream_counts = Some(counts);
+            if let Some(counting) = counting {
+                let counts = counting
+                    .await
+                    .map_err(|e| SyncError::Counting(e.to_string()))??;
+                pulled.snapshot.index.set_mirror_active(&counts);
+            }
         }
-        touched.insert(entity);
-        sqlx::query(sql!(
-            "INSERT INTO del_{} SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
-            entity.as_str()
-        ))
-        .bind(&ids)
-        .execute(&mut *tx)
-        .await
-        .map_err(db("recording reconciled deletions"))?;
-    }
-    mirror::advance(&mut tx, district, &touched).await?;
-    sqlx::query("UPDATE sync.districts SET pending_run_id = NULL, pending_since = NULL WHERE district_id = $1")
-        .bind(district)
-        .execute(&mut *tx)
-        .await
-        .map_err(db("clearing the pending mark"))?;
-    tx.commit()
-        .await
-        .map_err(db("committing the mirror transaction"))?;
-    Ok(())
-}
-
-/// Pulls every collection through the pipeline into the change-set tables: everything, or
-/// (`since`) what changed after that time. Starts over (bounded) when the upstream revision
-/// (`x-perm-rev`) moves during the pull, so a snapshot never mixes two revisions.
-#[allow(clippy::too_many_arguments)]
-async fn pull_snapshot(
-    dbs: &Databases,
-    district: &DistrictConfig,
-    client: &OneRosterClient,
-    session: &mut PgConnection,
-    run: &mut Run,
-    since: Option<DateTime<Utc>>,
-    mode: DiffMode,
-    hashes_current: bool,
-) -> Result<Pipeline, SyncError> {
-    for attempt in 1..=MAX_PULL_ATTEMPTS {
-        mirror::create_run_tables(session).await?;
-        let phase = Instant::now();
-        let index = Index::load(
-            session,
-            &district.id,
-            since.is_some(),
-            mode == DiffMode::Reconcile,
-            hashes_current,
-        )
-        .await?;
-        run.timed("index", phase);
-        let mut pipeline = Pipeline::new(index, SAMPLE_IDS);
-        // The filter has whole seconds: the bound is what the server is sent.
-        let bound = since.map(|t| t.trunc_subsecs(0));
-        pipeline.since = bound;
-        for c in run.counts.values_mut() {
-            *c = EntityCounts::default();
+        self.findings = std::mem::take(&mut pulled.tally.findings);
+        self.revision = pulled.tally.revision.take();
+        for (phase, d) in std::mem::take(&mut pulled.tally.phases) {
+            *self.phases.entry(phase).or_default() += d;
         }
-        run.skipped.clear();
-        run.warnings = 0;
-        let mut pull = Pull {
-            revision: None,
-            moved: false,
-            filter: bound.map(|t| {
+        Ok(pulled)
+    }
+
+    /// Pulls every collection through the snapshot into the change-set tables: everything,
+    /// or (`since`) what changed after that time. Starts over (bounded) when the upstream
+    /// revision (`x-perm-rev`) moves during the pull, so a snapshot never mixes two revisions.
+    async fn pull_snapshot(
+        &mut self,
+        client: &OneRosterClient,
+        session: &mut PgConnection,
+        since: Option<DateTime<Utc>>,
+        reconcile: bool,
+        trust_hashes: bool,
+    ) -> Result<Pulled, SyncError> {
+        for attempt in 1..=MAX_PULL_ATTEMPTS {
+            changeset::create(session).await?;
+            // Findings of an abandoned attempt (revision moved, delta given up) go.
+            history::clear_findings(&self.dbs.state, self.run_id).await?;
+            self.logged = 0;
+            let phase = Instant::now();
+            let index = mirror::load_index(
+                session,
+                &self.district.id,
+                since.is_some(),
+                reconcile,
+                trust_hashes,
+            )
+            .await?;
+            self.timed("index", phase);
+            // The filter has whole seconds: the bound is what the server is sent.
+            let bound = since.map(|t| t.trunc_subsecs(0));
+            let filter = bound.map(|t| {
                 format!(
                     "dateLastModified>'{}'",
                     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
                 )
-            }),
-        };
-        let pulled = pull_all(
-            dbs,
-            district,
-            client,
-            session,
-            run,
-            &mut pull,
-            &mut pipeline,
-        )
-        .await;
-        match pulled {
-            // A server that does not take the delta filter refuses the first page.
-            Err(SyncError::Fetch(FetchError::Client { status: 400, .. })) if since.is_some() => {
-                pipeline.needs_full =
-                    Some("the server refused the dateLastModified filter (HTTP 400)".into());
-                return Ok(pipeline);
-            }
-            other => other?,
-        }
-        if pipeline.needs_full.is_some() {
-            return Ok(pipeline);
-        }
-        if !pull.moved {
-            run.revision = pull.revision;
-            return Ok(pipeline);
-        }
-        warn!(
-            attempt,
-            "upstream revision changed during the pull: starting over"
-        );
-    }
-    Err(SyncError::RevisionUnstable {
-        attempts: MAX_PULL_ATTEMPTS,
-    })
-}
-
-struct Pull {
-    revision: Option<String>,
-    moved: bool,
-    /// The delta filter, on every collection of a delta pull.
-    filter: Option<String>,
-}
-
-impl Pull {
-    /// Notes a page's revision; false once it differs from the first page's.
-    fn observe(&mut self, revision: &Option<String>) -> bool {
-        match (&self.revision, revision) {
-            (_, None) => {}
-            (None, Some(r)) => self.revision = Some(r.clone()),
-            (Some(first), Some(r)) if first != r => self.moved = true,
-            _ => {}
-        }
-        !self.moved
-    }
-
-    fn query(&self) -> PullQuery {
-        PullQuery {
-            filter: self.filter.clone(),
-            ..PullQuery::default()
-        }
-    }
-}
-
-/// Every collection, referenced types first: a reference is checked against a complete set,
-/// and a user's demographics are at hand when the user arrives.
-async fn pull_all(
-    dbs: &Databases,
-    district: &DistrictConfig,
-    client: &OneRosterClient,
-    session: &mut PgConnection,
-    run: &mut Run,
-    pull: &mut Pull,
-    pipeline: &mut Pipeline,
-) -> Result<(), SyncError> {
-    macro_rules! collection {
-        ($endpoint:expr, $entity:expr, $normalize:path, $accept:ident) => {
-            let query = pull.query();
-            let done = pull_collection(
-                client,
-                session,
-                run,
-                pull,
-                pipeline,
-                $endpoint,
-                $entity,
-                query,
-                $normalize,
-                |normalized, pipeline, run| match normalized {
-                    Ok((row, warnings)) => {
-                        for w in warnings {
-                            run.warn(w);
-                        }
-                        pipeline.$accept(row);
-                    }
-                    Err(bad) => pipeline.skip(Some($entity), bad),
-                },
-            )
-            .await?;
-            if !done || pipeline.needs_full.is_some() {
-                return Ok(());
-            }
-        };
-    }
-    collection!(Endpoint::Orgs, Entity::Orgs, normalize::org, accept);
-    collection!(
-        Endpoint::AcademicSessions,
-        Entity::AcademicSessions,
-        normalize::academic_session,
-        accept
-    );
-    collection!(
-        Endpoint::Courses,
-        Entity::Courses,
-        normalize::course,
-        accept
-    );
-    collection!(Endpoint::Classes, Entity::Classes, normalize::class, accept);
-    if district.demographics {
-        let selected = PullQuery {
-            fields: Some(oneroster::DEMOGRAPHICS_FIELDS.to_vec()),
-            ..pull.query()
-        };
-        let done = match pull_demographics(client, session, run, pull, pipeline, selected).await {
-            // Every page carries the same `fields`, so a server that refuses the selection
-            // refuses the first page, before anything was kept. Without the selection the
-            // server sends whole records; the wire type still keeps only gender and ethnicity.
-            // (A delta pull whose filter is refused falls back to a full pull instead.)
-            Err(SyncError::Fetch(FetchError::Client { status: 400, .. }))
-                if pull.filter.is_none() =>
-            {
-                warn!(
-                    "the server refused the demographics field selection (HTTP 400): \
-                     pulling demographics without it (only gender and ethnicity are kept)"
-                );
-                let query = pull.query();
-                pull_demographics(client, session, run, pull, pipeline, query).await?
-            }
-            other => other?,
-        };
-        if !done {
-            return Ok(());
-        }
-    }
-    collection!(Endpoint::Users, Entity::Users, normalize::user, accept_user);
-    pipeline
-        .complete_users(session, &dbs.store, &district.id)
-        .await?;
-    flush(session, run, pipeline, Entity::Users).await?;
-    if pipeline.needs_full.is_some() {
-        return Ok(());
-    }
-    collection!(
-        Endpoint::Enrollments,
-        Entity::Enrollments,
-        normalize::enrollment,
-        accept
-    );
-    Ok(())
-}
-
-async fn pull_demographics(
-    client: &OneRosterClient,
-    session: &mut PgConnection,
-    run: &mut Run,
-    pull: &mut Pull,
-    pipeline: &mut Pipeline,
-    query: PullQuery,
-) -> Result<bool, SyncError> {
-    pull_collection(
-        client,
-        session,
-        run,
-        pull,
-        pipeline,
-        Endpoint::Demographics,
-        Entity::Users,
-        query,
-        |w: oneroster::wire::Demographics| (w.sourced_id.clone(), normalize::demographics(w)),
-        |(id, normalized), pipeline, run| {
-            match normalized {
-                Ok((record, warnings)) => {
-                    for w in warnings {
-                        run.warn(w);
-                    }
-                    match (record, id) {
-                        (Some(d), _) => {
-                            let demo = Demo::of(&d);
-                            pipeline.add_demographics(d.user_sourced_id, demo);
-                        }
-                        // Deleted: the user's demographics are stored NULL.
-                        (None, Some(id)) => pipeline.add_demographics(id, Demo::default()),
-                        (None, None) => {}
-                    }
-                }
-                // A bad demographics record only costs that user's demographics.
-                Err(skipped) => run.warn(Warning {
-                    entity: "demographics",
-                    sourced_id: skipped.sourced_id,
-                    message: skipped.reason,
-                }),
-            }
-        },
-    )
-    .await
-}
-
-/// Copies what the pipeline buffered into the change-set tables.
-async fn flush(
-    session: &mut PgConnection,
-    run: &mut Run,
-    pipeline: &mut Pipeline,
-    entity: Entity,
-) -> Result<(), SyncError> {
-    let phase = Instant::now();
-    mirror::copy_lines(session, entity, pipeline.take_lines()).await?;
-    let skipped = pipeline.take_skipped();
-    mirror::copy_skipped(session, &skipped).await?;
-    run.timed("stage", phase);
-    for bad in skipped {
-        run.skip(entity, bad);
-    }
-    Ok(())
-}
-
-/// Streams one collection's pages through `normalize` (on the blocking pool, a page at a time,
-/// while the previous page goes on) and `each` (hand to the pipeline) into the change-set
-/// tables. Returns false when the revision moved (the caller starts over).
-#[allow(clippy::too_many_arguments)]
-async fn pull_collection<W, N>(
-    client: &OneRosterClient,
-    session: &mut PgConnection,
-    run: &mut Run,
-    pull: &mut Pull,
-    pipeline: &mut Pipeline,
-    endpoint: Endpoint,
-    entity: Entity,
-    query: PullQuery,
-    normalize: fn(W) -> N,
-    mut each: impl FnMut(N, &mut Pipeline, &mut Run),
-) -> Result<bool, SyncError>
-where
-    W: WireRecord,
-    N: Lookups + Send + 'static,
-{
-    // Demographics records are no roster records of their own: an unreadable one is not a
-    // skipped user.
-    let roster_entity = (endpoint != Endpoint::Demographics).then_some(entity);
-    // Fetching and staging run side by side: the producer keeps the client's requests going
-    // while the consumer normalizes and copies earlier pages. The channel (plus the client's
-    // own `concurrency` requests in flight) bounds the pages held in memory.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Page<N>>(client.concurrency());
-    let producer = async move {
-        let mut pages = std::pin::pin!(client.pages::<W>(endpoint, query));
-        while let Some(page) = pages.try_next().await? {
-            let Page {
-                offset,
-                total,
-                revision,
-                records,
-                unreadable,
-            } = page;
-            let records = tokio::task::spawn_blocking(move || {
-                records.into_iter().map(normalize).collect::<Vec<N>>()
-            })
-            .await
-            .map_err(|e| SyncError::Internal(format!("normalizing a page failed: {e}")))?;
-            let page = Page {
-                offset,
-                total,
-                revision,
-                records,
-                unreadable,
+            });
+            let snapshot = Snapshot::new(index, SAMPLE_IDS, bound);
+            let mut skipped = Vec::new();
+            let mut observer = ();
+            let stage = Stage::ChangeSet {
+                session: &mut *session,
+                store: &self.dbs.store,
+                district: &self.district.id,
+                trust_hashes,
             };
-            if tx.send(page).await.is_err() {
-                break; // the consumer stopped (revision moved or staging failed)
-            }
-        }
-        Ok::<(), SyncError>(())
-    };
-    let consumer = async move {
-        while let Some(page) = rx.recv().await {
-            if !pull.observe(&page.revision) {
-                return Ok(false);
-            }
-            if roster_entity.is_some()
-                && let Some(c) = run.counts.get_mut(&entity)
-            {
-                c.fetched += (page.records.len() + page.unreadable.len()) as i64;
-            }
-            if pipeline.index.is_delta() {
-                let mut lookups = Vec::new();
-                for record in &page.records {
-                    record.lookups(&mut lookups);
+            let mut pull = Pull::new(client, snapshot, stage, &mut observer, filter);
+            let flow = self.pull_all(&mut pull, &mut skipped).await;
+            let flow = match flow {
+                // A server that does not take the delta filter refuses the first page.
+                Err(SyncError::Pull(PullError::Fetch(FetchError::Client {
+                    status: 400, ..
+                }))) if since.is_some() => {
+                    pull.snapshot.needs_full =
+                        Some("the server refused the dateLastModified filter (HTTP 400)".into());
+                    Flow::NeedsFull
                 }
-                if let Some(entity) = roster_entity {
-                    lookups.extend(
-                        page.unreadable
-                            .iter()
-                            .map(|s| (entity, s.sourced_id.clone())),
+                // A total counted before the filter: the pages come back short of it.
+                Err(SyncError::Pull(PullError::Fetch(FetchError::IncompletePage { .. })))
+                    if since.is_some() =>
+                {
+                    pull.snapshot.needs_full = Some(
+                        "the server's X-Total-Count ignores the dateLastModified filter (pages came back short of it)".into(),
                     );
+                    Flow::NeedsFull
                 }
-                pipeline.prepare(session, lookups).await?;
+                other => other?,
+            };
+            for &collection in Collection::ALL {
+                if let Some(c) = collection.entity().and_then(|e| self.counts.get_mut(&e)) {
+                    c.fetched = pull.tally.fetched.get(&collection).copied().unwrap_or(0);
+                }
             }
-            let phase = Instant::now();
-            for bad in page.unreadable {
-                pipeline.skip(roster_entity, bad);
+            for (entity, c) in self.counts.iter_mut() {
+                c.skipped = pull.tally.skipped.get(entity).copied().unwrap_or(0);
             }
-            for record in page.records {
-                each(record, pipeline, run);
+            if flow != Flow::RevisionMoved {
+                let Pull {
+                    snapshot, tally, ..
+                } = pull;
+                return Ok(Pulled {
+                    snapshot,
+                    tally,
+                    skipped,
+                });
             }
-            run.timed("classify", phase);
-            // Few large COPYs: each statement costs a round trip or two whatever its size.
-            if pipeline.buffered() >= COPY_BATCH_BYTES {
-                flush(session, run, pipeline, entity).await?;
+            warn!(
+                attempt,
+                "upstream revision changed during the pull: starting over"
+            );
+        }
+        Err(SyncError::RevisionUnstable {
+            attempts: MAX_PULL_ATTEMPTS,
+        })
+    }
+
+    /// Every collection of the registry, in its order.
+    async fn pull_all(
+        &mut self,
+        pull: &mut Pull<'_, ()>,
+        skipped: &mut Vec<(Entity, String)>,
+    ) -> Result<Flow, SyncError> {
+        let demographics = self.district.demographics;
+        each_collection!(K => {
+            let pulled = K::COLLECTION != Collection::Demographics || demographics.pulled();
+            if pulled {
+                let flow = match pull.collection::<K>().await {
+                    Err(PullError::Fetch(e))
+                        if K::COLLECTION.is_optional()
+                            && demographics == DemographicsMode::Optional
+                            && matches!(e, FetchError::Forbidden { .. } | FetchError::NotFound { .. }) =>
+                    {
+                        warn!(
+                            collection = %K::COLLECTION,
+                            error = %error_chain(&e),
+                            "demographics are unavailable (demographics = \"optional\"): users are pulled without them; stored demographics going away are judged by max_demographics_clear_percent"
+                        );
+                        Flow::Complete
+                    }
+                    other => other?,
+                };
+                self.record(pull.take_findings(), skipped).await?;
+                if flow != Flow::Complete {
+                    return Ok(flow);
+                }
+            }
+        });
+        Ok(Flow::Complete)
+    }
+
+    /// Logs the first findings of the run and keeps all of them in the history.
+    async fn record(
+        &mut self,
+        findings: Vec<Finding>,
+        skipped: &mut Vec<(Entity, String)>,
+    ) -> Result<(), SyncError> {
+        for f in &findings {
+            if self.logged < FINDING_LOG_LINES {
+                self.logged += 1;
+                match f.severity {
+                    Severity::Error => {
+                        warn!(code = %f.code, entity = f.entity, sourced_id = %f.sourced_id, detail = %f.message, "record skipped")
+                    }
+                    Severity::Warning => {
+                        warn!(code = %f.code, entity = f.entity, sourced_id = %f.sourced_id, detail = %f.message, "record kept with a warning")
+                    }
+                }
+            }
+            if f.severity == Severity::Error
+                && let Some(entity) = Entity::from_name(f.entity)
+            {
+                skipped.push((entity, f.sourced_id.clone()));
             }
         }
-        flush(session, run, pipeline, entity).await?;
-        Ok::<bool, SyncError>(true)
-    };
-    let (fetched, staged) = tokio::join!(producer, consumer);
-    // A fetch failure ends the channel early: it must not read as a complete collection.
-    fetched?;
-    staged
+        history::record_findings(&self.dbs.state, self.run_id, &self.district.id, &findings)
+            .await?;
+        Ok(())
+    }
+
+    /// After the pull: deletions by absence (complete pulls only) and the enrollment cascade
+    /// for stored enrollments the pull did not settle, into `del_*`.
+    async fn deletions(
+        &mut self,
+        session: &mut PgConnection,
+        snapshot: &mut Snapshot,
+    ) -> Result<(), SyncError> {
+        let district = &self.district.id;
+        for entity in snapshot.with_absences() {
+            let mut gone = Vec::new();
+            mirror::active_ids(session, district, entity, |id| {
+                if snapshot.is_absent(entity, &id) {
+                    gone.push(id);
+                }
+            })
+            .await?;
+            let ids = snapshot.delete(entity, gone);
+            changeset::copy_deleted(session, entity, &ids).await?;
+        }
+        let candidates = if snapshot.is_delta() {
+            let (users, classes) = snapshot.deactivated();
+            store::enrollments_of(&self.dbs.store, district, &users, &classes).await?
+        } else {
+            let skipped = snapshot.skipped_enrollments().to_vec();
+            mirror::active_enrollments(session, district, &skipped).await?
+        };
+        if snapshot.is_delta() && !candidates.is_empty() {
+            // Only the entries' status matters to the cascade, not their hashes.
+            let trust = true;
+            let ids = |f: fn(&(String, String, String)) -> &String| -> Vec<String> {
+                candidates.iter().map(|c| f(c).clone()).collect()
+            };
+            for (entity, ids) in [
+                (Entity::Enrollments, ids(|c| &c.0)),
+                (Entity::Users, ids(|c| &c.1)),
+                (Entity::Classes, ids(|c| &c.2)),
+            ] {
+                mirror::ensure(session, &mut snapshot.index, district, entity, &ids, trust).await?;
+            }
+        }
+        let cascaded = snapshot.cascaded(candidates);
+        let ids = snapshot.delete(Entity::Enrollments, cascaded);
+        changeset::copy_deleted(session, Entity::Enrollments, &ids).await?;
+        Ok(())
+    }
+
+    /// The change set as the gate judges it: counts, active rows, demographics cleared.
+    async fn changes(
+        &self,
+        session: &mut PgConnection,
+        snapshot: &Snapshot,
+    ) -> Result<Changes, SyncError> {
+        let counts: BTreeMap<Entity, ChangeCounts> = snapshot.tally.counts.clone();
+        let active = Entity::ALL
+            .into_iter()
+            .map(|e| (e, snapshot.index.mirror_active(e)))
+            .collect();
+        let mut changes = Changes {
+            counts,
+            active,
+            ..Changes::default()
+        };
+        if snapshot.touched.contains(&Entity::Users) {
+            let losing = changeset::users_losing_demographics(session).await?;
+            changes.demographics_cleared =
+                store::users_with_demographics(&self.dbs.store, &self.district.id, &losing).await?;
+            if changes.demographics_cleared > 0 {
+                changes.users_with_demographics =
+                    store::count_with_demographics(&self.dbs.store, &self.district.id).await?;
+            }
+        }
+        Ok(changes)
+    }
+
+    /// Keeps the change set for approval and says so in one error-level line: the district,
+    /// the counts, the limits and how to approve.
+    async fn hold_change_set(&mut self) -> Result<(), SyncError> {
+        let report = self.report(Outcome::Held, None);
+        history::hold(&self.dbs.state, &self.district.id, self.run_id, &report).await?;
+        let Some(hold) = &self.hold else {
+            return Ok(());
+        };
+        let reasons = hold
+            .breaches
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        let c = |e: Entity| self.counts.get(&e).copied().unwrap_or_default();
+        let demographics = hold
+            .breaches
+            .iter()
+            .find(|b| b.operation == "clear_demographics")
+            .map_or(0, |b| b.count);
+        error!(
+            district = %self.district.id,
+            fingerprint = %hold.fingerprint,
+            reasons = %reasons,
+            users_deleted = c(Entity::Users).deleted,
+            users_updated = c(Entity::Users).updated + c(Entity::Users).reactivated,
+            users_losing_demographics = demographics,
+            classes_deleted = c(Entity::Classes).deleted,
+            classes_updated = c(Entity::Classes).updated + c(Entity::Classes).reactivated,
+            enrollments_deleted = c(Entity::Enrollments).deleted,
+            enrollments_updated = c(Entity::Enrollments).updated + c(Entity::Enrollments).reactivated,
+            approve_with = %format!("oneroster-sync approve --district {}", self.district.id),
+            "change set held by safety limits, nothing applied: {reasons}; review it (sync --dry-run) and run `oneroster-sync approve --district {}` to apply it",
+            self.district.id
+        );
+        Ok(())
+    }
+
+    /// Records the success: revision, and for the next delta pull the watermark (never later
+    /// than this run's start, so a clock ahead of ours cannot make deltas skip changes).
+    async fn mark_success(&self) -> Result<(), SyncError> {
+        history::mark_success(
+            &self.dbs.state,
+            &self.district.id,
+            Success {
+                revision: self.revision.as_deref(),
+                full_pull: self.pull_kind == PullKind::Full,
+                watermark: self.watermark.map(|t| t.min(self.started_at)),
+                started_at: self.started_at,
+                upstream_counts: self.upstream_counts.as_ref(),
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Applies to a roster store in another database; see the store module for the protocol
+    /// and why it converges after a crash at any step.
+    async fn apply_separate(
+        &self,
+        session: &mut PgConnection,
+        touched: &std::collections::BTreeSet<Entity>,
+        reconcile: bool,
+    ) -> Result<(), SyncError> {
+        let district = &self.district.id;
+        history::mark_pending(session, district, self.run_id).await?;
+        let mut store_session = self.dbs.store_session().await?;
+        let result: Result<BTreeMap<Entity, Vec<String>>, SyncError> = async {
+            let mut tx = store_session
+                .begin()
+                .await
+                .map_err(db("starting the store transaction"))?;
+            changeset::transfer(session, &mut tx).await?;
+            store::apply(&mut tx, district, touched).await?;
+            let gone = if reconcile {
+                store::reconcile_absent(&mut tx, district).await?
+            } else {
+                BTreeMap::new()
+            };
+            tx.commit()
+                .await
+                .map_err(db("committing the store transaction"))?;
+            Ok(gone)
+        }
+        .await;
+        let _ = store_session.close().await;
+        let gone = result?;
+
+        let mut tx = session
+            .begin()
+            .await
+            .map_err(db("starting the mirror transaction"))?;
+        let mut touched = touched.clone();
+        for (entity, ids) in gone {
+            if ids.is_empty() {
+                continue;
+            }
+            touched.insert(entity);
+            changeset::add_deleted(&mut tx, entity, &ids).await?;
+        }
+        mirror::advance(&mut tx, district, &touched).await?;
+        history::set_hash_version(&mut tx, district, HASH_VERSION).await?;
+        history::clear_pending(&mut tx, district).await?;
+        tx.commit()
+            .await
+            .map_err(db("committing the mirror transaction"))?;
+        Ok(())
+    }
+
+    fn report(&self, outcome: Outcome, error: Option<String>) -> RunReport {
+        RunReport {
+            run_id: self.run_id,
+            district: self.district.id.clone(),
+            outcome,
+            dry_run: self.dry_run,
+            pull: self.pull_kind,
+            full_pull: self.pull_kind == PullKind::Full,
+            pull_reason: self.pull_reason.clone(),
+            started_at: self.started_at,
+            finished_at: Utc::now(),
+            duration_ms: self.clock.elapsed().as_millis() as u64,
+            revision: self.revision.clone(),
+            counts: self.counts.clone(),
+            findings: self.findings.clone(),
+            samples: self.samples.clone(),
+            hold: self.hold.clone(),
+            phases_ms: self
+                .phases
+                .iter()
+                .map(|(k, v)| (*k, v.as_millis() as u64))
+                .collect(),
+            fetch: self.fetch,
+            error,
+        }
+    }
+
+    async fn finish(self, result: Result<Outcome, SyncError>) -> RunReport {
+        let (outcome, error) = match result {
+            Ok(outcome) => (outcome, None),
+            Err(e) => {
+                let chain = error_chain(&e);
+                error!(error = %chain, "run failed; nothing was written to the roster store");
+                (Outcome::Failed, Some(chain))
+            }
+        };
+        let report = self.report(outcome, error);
+        if let Err(e) = history::record_finish(&self.dbs.state, &report).await {
+            error!(error = %error_chain(&e), "could not record the run in the history");
+        }
+        log_summary(&report);
+        report
+    }
 }
 
-/// How many records the server holds per collection (one one-record request each).
-async fn upstream_totals(client: &OneRosterClient) -> Result<BTreeMap<Entity, i64>, FetchError> {
-    use oneroster::wire;
-    let (orgs, sessions, courses, classes, users, enrollments) = tokio::try_join!(
-        client.total::<wire::Org>(Endpoint::Orgs),
-        client.total::<wire::AcademicSession>(Endpoint::AcademicSessions),
-        client.total::<wire::Course>(Endpoint::Courses),
-        client.total::<wire::Class>(Endpoint::Classes),
-        client.total::<wire::User>(Endpoint::Users),
-        client.total::<wire::Enrollment>(Endpoint::Enrollments),
-    )?;
-    Ok(BTreeMap::from(
-        [
-            (Entity::Orgs, orgs),
-            (Entity::AcademicSessions, sessions),
-            (Entity::Courses, courses),
-            (Entity::Classes, classes),
-            (Entity::Users, users),
-            (Entity::Enrollments, enrollments),
-        ]
-        .map(|(e, n)| (e, n as i64)),
-    ))
+/// When a delta pull may be used, the time it asks for changes after: the watermark minus
+/// the district's `delta_overlap`. Otherwise why the run pulls everything.
+fn delta_since(
+    options: RunOptions,
+    district: &DistrictConfig,
+    state: &DistrictState,
+    reconcile: bool,
+) -> Result<DateTime<Utc>, &'static str> {
+    if !options.allow_delta {
+        return Err("a full pull was asked for");
+    }
+    if reconcile {
+        return Err("the store may be ahead of the mirror");
+    }
+    if state.holding {
+        return Err("a change set is held for approval");
+    }
+    let (Some(last_full), Some(watermark), Some(_)) = (
+        state.last_full_pull_at,
+        state.delta_watermark,
+        state.upstream_counts.as_ref(),
+    ) else {
+        return Err("no complete pull yet");
+    };
+    if state.hash_version != Some(HASH_VERSION) {
+        return Err("the mirror's row hashes are of another version");
+    }
+    if (Utc::now() - last_full).to_std().unwrap_or_default() >= district.full_interval {
+        return Err("full_interval has passed since the last full pull");
+    }
+    let overlap = chrono::Duration::from_std(district.delta_overlap).unwrap_or_default();
+    Ok(watermark - overlap)
 }
 
 /// Why a delta cannot be trusted for deletions, if it cannot: a collection holds fewer records
@@ -1043,12 +854,12 @@ async fn upstream_totals(client: &OneRosterClient) -> Result<BTreeMap<Entity, i6
 fn purged(
     totals: &BTreeMap<Entity, i64>,
     upstream: Option<&BTreeMap<String, i64>>,
-    tally: &crate::diff::Tally,
+    changes: &BTreeMap<Entity, ChangeCounts>,
 ) -> Option<String> {
     let upstream = upstream?;
     totals.iter().find_map(|(entity, &total)| {
         let known = upstream.get(entity.as_str()).copied().unwrap_or(0)
-            + tally.counts.get(entity).map_or(0, |c| c.created);
+            + changes.get(entity).map_or(0, |c| c.created);
         (total < known).then(|| {
             format!(
                 "the server holds {total} {entity}, fewer than the {known} known since the last full pull: records were purged"
@@ -1057,212 +868,9 @@ fn purged(
     })
 }
 
-/// What the run needs to know of its district before it starts.
-#[derive(Default, sqlx::FromRow)]
-struct DistrictState {
-    pending_run_id: Option<Uuid>,
-    last_full_pull_at: Option<DateTime<Utc>>,
-    delta_watermark: Option<DateTime<Utc>>,
-    /// The row-hash definition the mirror was written with.
-    hash_version: Option<i32>,
-    /// Records per collection upstream at the last full pull, plus creations since.
-    upstream_counts: Option<sqlx::types::Json<BTreeMap<String, i64>>>,
-    /// A change set is held: runs pull everything until it is applied or superseded, so the
-    /// approved set can come back exactly as it was held.
-    holding: bool,
-}
-
-async fn district_state(dbs: &Databases, district: &str) -> Result<DistrictState, SyncError> {
-    let state: Option<DistrictState> = sqlx::query_as(
-        "SELECT pending_run_id, last_full_pull_at, delta_watermark, hash_version, upstream_counts,
-                EXISTS (SELECT 1 FROM sync.held_change_sets h
-                        WHERE h.district_id = d.district_id AND h.released_at IS NULL) AS holding
-         FROM sync.districts d WHERE district_id = $1",
-    )
-    .bind(district)
-    .fetch_optional(&dbs.state)
-    .await
-    .map_err(db("reading the district state"))?;
-    Ok(state.unwrap_or_default())
-}
-
-/// When a delta pull may be used, the time it asks for changes after: the watermark minus
-/// the district's `delta_overlap`. Otherwise (None) the run pulls everything, and says why.
-fn delta_since(
-    options: RunOptions,
-    district: &DistrictConfig,
-    state: &DistrictState,
-    mode: DiffMode,
-) -> Option<DateTime<Utc>> {
-    if !options.allow_delta {
-        return None;
-    }
-    let reason = if mode == DiffMode::Reconcile {
-        "the store may be ahead of the mirror"
-    } else if state.holding {
-        "a change set is held for approval"
-    } else if state.last_full_pull_at.is_none()
-        || state.delta_watermark.is_none()
-        || state.upstream_counts.is_none()
-    {
-        "no complete pull yet"
-    } else if state.hash_version != Some(HASH_VERSION) {
-        "the mirror's row hashes are of another version"
-    } else if state
-        .last_full_pull_at
-        .is_some_and(|t| (Utc::now() - t).to_std().unwrap_or_default() >= district.full_interval)
-    {
-        "full_interval has passed since the last full pull"
-    } else {
-        let overlap = chrono::Duration::from_std(district.delta_overlap).unwrap_or_default();
-        return state.delta_watermark.map(|w| w - overlap);
-    };
-    info!(reason, "a full pull is due");
-    None
-}
-
-/// Records a successful run: success, revision, and for the next delta pull the watermark (the
-/// newest `dateLastModified` applied, never later than this run's start, so a clock ahead of
-/// ours cannot make deltas skip changes).
-async fn mark_success(
-    dbs: &Databases,
-    district: &DistrictConfig,
-    run: &Run,
-) -> Result<(), SyncError> {
-    let watermark = run.watermark.map(|t| t.min(run.started_at));
-    sqlx::query(
-        "UPDATE sync.districts SET last_success_at = now(),
-             last_full_pull_at = CASE WHEN $3 THEN $5 ELSE last_full_pull_at END,
-             delta_watermark = CASE WHEN $3 THEN coalesce($4, delta_watermark)
-                                    ELSE greatest(delta_watermark, $4) END,
-             upstream_counts = coalesce($6, upstream_counts),
-             last_revision = $2, consecutive_failures = 0
-         WHERE district_id = $1",
-    )
-    .bind(&district.id)
-    .bind(run.revision.as_deref())
-    .bind(run.full_pull)
-    .bind(watermark)
-    .bind(run.started_at)
-    .bind(run.upstream_counts.as_ref().map(sqlx::types::Json))
-    .execute(&dbs.state)
-    .await
-    .map_err(db("recording the district's success"))?;
-    Ok(())
-}
-
-async fn record_start(
-    dbs: &Databases,
-    district: &str,
-    run_id: Uuid,
-    started_at: DateTime<Utc>,
-    dry_run: bool,
-) -> Result<(), SyncError> {
-    sqlx::query("INSERT INTO sync.districts (district_id) VALUES ($1) ON CONFLICT DO NOTHING")
-        .bind(district)
-        .execute(&dbs.state)
-        .await
-        .map_err(db("registering the district"))?;
-    sqlx::query(
-        "INSERT INTO sync.runs (run_id, district_id, started_at, outcome, dry_run) VALUES ($1, $2, $3, 'running', $4)",
-    )
-    .bind(run_id)
-    .bind(district)
-    .bind(started_at)
-    .bind(dry_run)
-    .execute(&dbs.state)
-    .await
-    .map_err(db("recording the run start"))?;
-    Ok(())
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn finish(
-    dbs: &Databases,
-    district: &DistrictConfig,
-    run_id: Uuid,
-    started_at: DateTime<Utc>,
-    clock: Instant,
-    dry_run: bool,
-    run: Run,
-    result: Result<Outcome, SyncError>,
-) -> RunReport {
-    let (outcome, error) = match result {
-        Ok(outcome) => (outcome, None),
-        Err(e) => {
-            let chain = error_chain(&e);
-            error!(error = %chain, "run failed; nothing was written to the roster store");
-            (Outcome::Failed, Some(chain))
-        }
-    };
-    let report = RunReport {
-        run_id,
-        district: district.id.clone(),
-        outcome,
-        dry_run,
-        full_pull: run.full_pull,
-        started_at,
-        finished_at: Utc::now(),
-        duration_ms: clock.elapsed().as_millis() as u64,
-        revision: run.revision,
-        counts: run.counts,
-        skipped: run.skipped,
-        warnings: run.warnings,
-        samples: run.samples,
-        hold: run.hold,
-        phases_ms: run
-            .phases
-            .iter()
-            .map(|(k, v)| (*k, v.as_millis() as u64))
-            .collect(),
-        fetch: run.fetch,
-        error,
-    };
-    if let Err(e) = record_finish(&dbs.state, &report).await {
-        error!(error = %error_chain(&e), "could not record the run in the history");
-    }
-    log_summary(&report);
-    report
-}
-
-async fn record_finish(state: &sqlx::PgPool, report: &RunReport) -> Result<(), SyncError> {
-    let counts = counts_json(&report.counts);
-    let skipped = serde_json::to_value(
-        report
-            .skipped
-            .iter()
-            .take(SKIPPED_HISTORY)
-            .collect::<Vec<_>>(),
-    )
-    .unwrap_or_default();
-    sqlx::query(
-        "UPDATE sync.runs SET finished_at = $2, outcome = $3, revision = $4, counts = $5, skipped = $6, error = $7,
-             full_pull = $8
-         WHERE run_id = $1",
-    )
-    .bind(report.run_id)
-    .bind(report.finished_at)
-    .bind(report.outcome.as_str())
-    .bind(&report.revision)
-    .bind(counts)
-    .bind(skipped)
-    .bind(&report.error)
-    .bind(report.full_pull)
-    .execute(state)
-    .await
-    .map_err(db("recording the run outcome"))?;
-    if report.outcome == Outcome::Failed {
-        sqlx::query("UPDATE sync.districts SET consecutive_failures = consecutive_failures + 1 WHERE district_id = $1")
-            .bind(&report.district)
-            .execute(state)
-            .await
-            .map_err(db("recording the failure"))?;
-    }
-    Ok(())
-}
-
-/// The one summary line of a run (CONTRACT §8): outcome, duration and per entity the fetched /
-/// created / updated / deleted / skipped counts (reactivations count as updates here).
+/// The one summary line of a run (CONTRACT §8): outcome, duration, the pull, per entity the
+/// fetched / created / updated / deleted / skipped counts (reactivations count as updates
+/// here), and the findings per code.
 fn log_summary(r: &RunReport) {
     let c = |e: Entity| r.counts.get(&e).copied().unwrap_or_default();
     let (o, a, co, cl, u, en) = (
@@ -1273,10 +881,15 @@ fn log_summary(r: &RunReport) {
         c(Entity::Users),
         c(Entity::Enrollments),
     );
+    let findings = serde_json::to_string(&r.findings.per_code()).unwrap_or_default();
     info!(
         outcome = r.outcome.as_str(),
         duration_ms = r.duration_ms,
-        pull = if r.full_pull { "full" } else { "delta" },
+        pull = r.pull.as_str(),
+        pull_reason = r.pull_reason.as_deref().unwrap_or(""),
+        errors = r.findings.count(Severity::Error),
+        warnings = r.findings.count(Severity::Warning),
+        findings = %findings,
         orgs_fetched = o.fetched,
         orgs_created = o.created,
         orgs_updated = o.updated + o.reactivated,
@@ -1309,19 +922,4 @@ fn log_summary(r: &RunReport) {
         enrollments_skipped = en.skipped,
         "run summary"
     );
-}
-
-/// The error and its causes on one line, for a single log field.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }

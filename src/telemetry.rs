@@ -34,14 +34,45 @@ pub enum TelemetryError {
     AlreadyInstalled,
 }
 
-/// Installs the global subscriber: filter from `RUST_LOG` when set (and not empty), else
-/// `log.level`; output to stdout as `log.format` says. A second call returns
-/// [`TelemetryError::AlreadyInstalled`] instead of panicking.
-pub fn init(log: &LogSettings) -> Result<(), TelemetryError> {
-    subscriber(log.format, filter(log)?, std::io::stdout)
-        .try_init()
-        .map_err(|_| TelemetryError::AlreadyInstalled)
+/// Where the log lines go: the daemon logs on stdout (its output is its logs); a one-shot
+/// command prints its result on stdout and logs on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Stdout,
+    Stderr,
 }
+
+/// Installs the global subscriber: filter from `RUST_LOG` when set (and not empty), else
+/// `log.level`; lines to `output` as `log.format` says. A second call returns
+/// [`TelemetryError::AlreadyInstalled`] instead of panicking.
+pub fn init(log: &LogSettings, output: Output) -> Result<(), TelemetryError> {
+    let filter = filter(log)?;
+    let installed = match output {
+        Output::Stdout => subscriber(log.format, filter, std::io::stdout).try_init(),
+        Output::Stderr => subscriber(log.format, filter, std::io::stderr).try_init(),
+    };
+    installed.map_err(|_| TelemetryError::AlreadyInstalled)
+}
+
+/// The error and its causes on one line, for a single log field (causes already quoted by
+/// their parent are not repeated).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// Fields whose value is a JSON document, kept as one in the line (the summary's findings per
+/// code).
+const JSON_FIELDS: [&str; 1] = ["findings"];
 
 /// The subscriber `init` installs, writing to `writer` (tests capture the output with it).
 pub fn subscriber<W>(
@@ -136,8 +167,14 @@ impl Visit for FieldVisitor<'_> {
         self.0.insert(field.name().into(), value.into());
     }
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.0
-            .insert(field.name().into(), Value::String(format!("{value:?}")));
+        let text = format!("{value:?}");
+        if JSON_FIELDS.contains(&field.name())
+            && let Ok(document) = serde_json::from_str::<Value>(&text)
+        {
+            self.0.insert(field.name().into(), document);
+            return;
+        }
+        self.0.insert(field.name().into(), Value::String(text));
     }
 }
 
@@ -188,7 +225,7 @@ mod tests {
         tracing::subscriber::with_default(subscriber(format, filter, out.clone()), || {
             let run = tracing::info_span!("run", district = "lakeside", run_id = "r-1");
             run.in_scope(|| {
-                tracing::info!(created = 3, "run finished");
+                tracing::info!(created = 3, findings = %r#"{"date_unparseable":2}"#, "run finished");
                 tracing::debug!("filtered out at info");
             });
         });
@@ -203,6 +240,7 @@ mod tests {
         assert_eq!(lines.len(), 1, "{text}");
         let line: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
         assert_eq!(line["created"], 3);
+        assert_eq!(line["findings"]["date_unparseable"], 2);
         assert_eq!(line["message"], "run finished");
         assert_eq!(line["level"], "INFO");
         assert_eq!(line["district"], "lakeside");

@@ -42,6 +42,11 @@ pub struct Faults {
     pub reject_filter: bool,
     /// Accept `filter=` and ignore it: the whole collection, as some servers do.
     pub ignore_filter: bool,
+    /// Apply `filter=` to the records but announce the whole collection's size in
+    /// `X-Total-Count` (a total counted before the filter).
+    pub total_ignores_filter: bool,
+    /// This collection answers 200 with an HTML login page (a proxy in front of the server).
+    pub html_for: Option<String>,
 }
 
 impl Default for Faults {
@@ -62,6 +67,8 @@ impl Default for Faults {
             reject_fields: false,
             reject_filter: false,
             ignore_filter: false,
+            total_ignores_filter: false,
+            html_for: None,
         }
     }
 }
@@ -83,7 +90,11 @@ pub struct Stats {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Injected {
     Status(u16),
-    RateLimited { retry_after_secs: u32 },
+    /// 200 with an HTML page.
+    Html,
+    RateLimited {
+        retry_after_secs: u32,
+    },
     ServerError(u16),
 }
 
@@ -131,7 +142,9 @@ impl FaultState {
         }
 
         let mut injected = None;
-        if let Some((path, status)) = &f.status_for
+        if f.html_for.as_deref() == Some(collection) {
+            injected = Some(Injected::Html);
+        } else if let Some((path, status)) = &f.status_for
             && path == collection
         {
             injected = Some(Injected::Status(*status));

@@ -170,8 +170,16 @@ fn code_minor_for(status: u16) -> &'static str {
     }
 }
 
+/// What a login page in front of a OneRoster server answers.
+pub const LOGIN_PAGE: &str = "<!DOCTYPE html>\n<html><head><title>Sign in</title></head>\n<body><form action=\"/login\" method=\"post\"><input name=\"username\"></form></body></html>\n";
+
 fn injected_response(injected: Injected) -> Response {
     match injected {
+        Injected::Html => (
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            LOGIN_PAGE,
+        )
+            .into_response(),
         Injected::RateLimited { retry_after_secs } => {
             let mut r = ImsxError::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -682,9 +690,13 @@ fn list_page(
     truncate: bool,
 ) -> Result<Response, ImsxError> {
     let mut q = parse_list_query(raw_query)?;
-    let (reject_filter, ignore_filter) = {
+    let (reject_filter, ignore_filter, total_ignores_filter) = {
         let faults = &sim.control().faults.faults;
-        (faults.reject_filter, faults.ignore_filter)
+        (
+            faults.reject_filter,
+            faults.ignore_filter,
+            faults.total_ignores_filter,
+        )
     };
     if q.filter.is_some() && reject_filter {
         return Err(ImsxError::bad_request(
@@ -730,6 +742,11 @@ fn list_page(
             records, &q, limit, key
         ))?
     };
+    let total = if total_ignores_filter && q.filter.is_some() {
+        state.dataset.len(collection)
+    } else {
+        page.total
+    };
     let revision = sim.revision_string(&state);
     drop(state);
     let mut body = page.body;
@@ -739,7 +756,7 @@ fn list_page(
     }
     let mut response = json_response(body);
     let h = response.headers_mut();
-    h.insert("x-total-count", HeaderValue::from(page.total));
+    h.insert("x-total-count", HeaderValue::from(total));
     h.insert("x-count", HeaderValue::from(page.count));
     if let Ok(v) = HeaderValue::from_str(&revision) {
         h.insert("x-perm-rev", v);

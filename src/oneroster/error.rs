@@ -26,13 +26,22 @@ pub enum FetchError {
         attempts: u32,
     },
 
-    #[error("{endpoint}: forbidden (HTTP 403): {}", forbidden_hint(*.endpoint))]
+    #[error("{endpoint}: forbidden (HTTP 403): {}", forbidden_hint(.endpoint))]
     Forbidden { endpoint: Endpoint },
 
-    #[error(
-        "{endpoint}: not found (HTTP 404) at {url}; check base_url (it should end in the OneRoster path, e.g. /ims/oneroster/v1p1)"
-    )]
+    #[error("{endpoint}: the endpoint does not exist on this server (HTTP 404 at {url}); {}", not_found_hint(.endpoint))]
     NotFound { endpoint: Endpoint, url: String },
+
+    #[error(
+        "{endpoint}: the server answered HTTP {status} with {content_type}, not a OneRoster JSON page (at {url}; it begins: {start}); a login or proxy page: check base_url and the credentials, or the proxy in front of the server"
+    )]
+    NotJson {
+        endpoint: Endpoint,
+        url: String,
+        status: u16,
+        content_type: String,
+        start: String,
+    },
 
     #[error(
         "{endpoint}: still rate limited (HTTP 429) after {attempts} attempts at {url}; the server throttles this client: lower concurrency or sync later"
@@ -142,14 +151,27 @@ pub enum FetchError {
     InvalidConfig(String),
 }
 
-fn forbidden_hint(endpoint: Endpoint) -> &'static str {
-    match endpoint {
-        Endpoint::Demographics => {
-            "demographics are not enabled for the app: enable demographics for it in ClassLink, or share it with Full Permissions"
-        }
-        _ => {
-            "the app was not shared with Full Permissions: share the ClassLink app with Full Permissions"
-        }
+fn forbidden_hint(endpoint: Endpoint) -> String {
+    let off = endpoint
+        .off_switch
+        .map(|key| {
+            format!(", or set `{key}` in the district's configuration if the app does without it")
+        })
+        .unwrap_or_default();
+    format!(
+        "the app may not read {}: in ClassLink, share {} with the app{off}",
+        endpoint.name, endpoint.permission
+    )
+}
+
+fn not_found_hint(endpoint: Endpoint) -> String {
+    match endpoint.off_switch {
+        Some(key) => format!(
+            "this provider does not serve {}: set `{key}` in the district's configuration (or check base_url)",
+            endpoint.name
+        ),
+        None => "check base_url (it should end in the OneRoster path, e.g. /ims/oneroster/v1p1)"
+            .to_owned(),
     }
 }
 
@@ -184,5 +206,41 @@ impl FetchError {
                 | FetchError::CredentialsRejected { .. }
                 | FetchError::Forbidden { .. }
         )
+    }
+
+    /// Whether the failure is about the whole server (its credentials, its token endpoint,
+    /// its address, the run's retry budget), so that no other collection can be read either.
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            FetchError::Unauthorized { .. }
+                | FetchError::CredentialsRejected { .. }
+                | FetchError::TokenEndpoint { .. }
+                | FetchError::Connect { .. }
+                | FetchError::RetryBudgetSpent { .. }
+                | FetchError::InvalidConfig(_)
+        )
+    }
+
+    /// The collection the failure is about, if it is about one.
+    pub fn endpoint(&self) -> Option<Endpoint> {
+        match self {
+            FetchError::Unauthorized { endpoint }
+            | FetchError::Forbidden { endpoint }
+            | FetchError::NotFound { endpoint, .. }
+            | FetchError::NotJson { endpoint, .. }
+            | FetchError::RateLimited { endpoint, .. }
+            | FetchError::Server { endpoint, .. }
+            | FetchError::Timeout { endpoint, .. }
+            | FetchError::Connect { endpoint, .. }
+            | FetchError::IncompletePage { endpoint, .. }
+            | FetchError::OversizedPage { endpoint, .. }
+            | FetchError::CountMismatch { endpoint, .. }
+            | FetchError::MissingTotal { endpoint, .. }
+            | FetchError::TotalChanged { endpoint, .. }
+            | FetchError::Parse { endpoint, .. }
+            | FetchError::Client { endpoint, .. } => Some(*endpoint),
+            _ => None,
+        }
     }
 }

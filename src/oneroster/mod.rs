@@ -22,72 +22,36 @@ pub use error::FetchError;
 pub use wire::{DEMOGRAPHICS_FIELDS, WireRecord};
 
 use crate::config::DistrictConfig;
-use crate::domain::{Entity, Skipped};
+use crate::domain::{Code, Finding, MISSING_ID};
 use auth::{Auth, retryable_status, transport_detail};
 
-/// A OneRoster collection endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Endpoint {
-    Orgs,
-    AcademicSessions,
-    Courses,
-    Classes,
-    Users,
-    Enrollments,
-    Demographics,
+/// A OneRoster collection endpoint (a reference to its definition in the collection registry,
+/// see `registry`).
+pub type Endpoint = &'static EndpointSpec;
+
+/// What the client and its errors know of a collection endpoint.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct EndpointSpec {
+    /// Path relative to the base URL; also the collection envelope key (`{"users": [...]}`).
+    pub path: &'static str,
+    /// The collection's name in findings and logs (`academic_sessions`, `demographics`...).
+    pub name: &'static str,
+    /// The configuration key that turns the collection off, when there is one.
+    pub off_switch: Option<&'static str>,
+    /// What the district shares in ClassLink for the app to read it.
+    pub permission: &'static str,
 }
 
-impl Endpoint {
-    /// Path relative to the base URL.
-    pub fn path(self) -> &'static str {
-        match self {
-            Endpoint::Orgs => "orgs",
-            Endpoint::AcademicSessions => "academicSessions",
-            Endpoint::Courses => "courses",
-            Endpoint::Classes => "classes",
-            Endpoint::Users => "users",
-            Endpoint::Enrollments => "enrollments",
-            Endpoint::Demographics => "demographics",
-        }
-    }
-
-    /// The key of the collection envelope (`{"users": [...]}`).
-    pub fn envelope_key(self) -> &'static str {
-        // The 1.1 collection keys are the path names.
-        self.path()
-    }
-
-    /// The entity name used in skip reports and logs (matches `domain::Entity::as_str`, plus
-    /// `demographics`).
-    pub fn entity(self) -> &'static str {
-        match self {
-            Endpoint::Orgs => "orgs",
-            Endpoint::AcademicSessions => "academic_sessions",
-            Endpoint::Courses => "courses",
-            Endpoint::Classes => "classes",
-            Endpoint::Users => "users",
-            Endpoint::Enrollments => "enrollments",
-            Endpoint::Demographics => "demographics",
-        }
+impl EndpointSpec {
+    /// The key of the collection envelope (1.1's keys are the path names).
+    pub fn envelope_key(&self) -> &'static str {
+        self.path
     }
 }
 
-impl From<Entity> for Endpoint {
-    fn from(entity: Entity) -> Endpoint {
-        match entity {
-            Entity::Orgs => Endpoint::Orgs,
-            Entity::AcademicSessions => Endpoint::AcademicSessions,
-            Entity::Courses => Endpoint::Courses,
-            Entity::Classes => Endpoint::Classes,
-            Entity::Users => Endpoint::Users,
-            Entity::Enrollments => Endpoint::Enrollments,
-        }
-    }
-}
-
-impl std::fmt::Display for Endpoint {
+impl std::fmt::Display for EndpointSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.path())
+        f.write_str(self.path)
     }
 }
 
@@ -108,8 +72,8 @@ pub struct Page<T> {
     /// ClassLink's `x-perm-rev`, when sent.
     pub revision: Option<String>,
     pub records: Vec<T>,
-    /// Records that could not be read as `T`, reported by id.
-    pub unreadable: Vec<Skipped>,
+    /// Records that could not be read as `T`, reported by id (`record_unreadable`).
+    pub unreadable: Vec<Finding>,
 }
 
 /// Counters since the client was built.
@@ -148,6 +112,17 @@ impl std::fmt::Debug for OneRosterClient {
             .field("concurrency", &self.concurrency)
             .finish_non_exhaustive()
     }
+}
+
+/// One page request.
+struct Request<'a> {
+    endpoint: Endpoint,
+    full_url: &'a str,
+    offset: usize,
+    known_total: Option<usize>,
+    limit: usize,
+    /// Which attempt this is (1 for the first).
+    attempt: u32,
 }
 
 /// What one attempt at a page came to, before retry policy is applied.
@@ -217,9 +192,9 @@ impl OneRosterClient {
     /// first error.
     pub fn pages<T: WireRecord>(
         &self,
-        endpoint: Endpoint,
         query: PullQuery,
     ) -> impl Stream<Item = Result<Page<T>, FetchError>> + Send + '_ {
+        let endpoint = T::ENDPOINT;
         let query = Arc::new(query);
         let first_query = query.clone();
         stream::once(async move { self.fetch_page::<T>(endpoint, &first_query, 0, None).await })
@@ -274,8 +249,8 @@ impl OneRosterClient {
 
     /// How many records the server holds in a collection (`X-Total-Count` of a one-record page,
     /// unfiltered).
-    pub async fn total<T: WireRecord>(&self, endpoint: Endpoint) -> Result<usize, FetchError> {
-        self.fetch_sized::<T>(endpoint, &PullQuery::default(), 0, None, 1)
+    pub async fn total<T: WireRecord>(&self) -> Result<usize, FetchError> {
+        self.fetch_sized::<T>(T::ENDPOINT, &PullQuery::default(), 0, None, 1)
             .await
             .map(|page| page.total)
     }
@@ -300,7 +275,7 @@ impl OneRosterClient {
         known_total: Option<usize>,
         limit: usize,
     ) -> Result<Page<T>, FetchError> {
-        let url = format!("{}/{}", self.base, endpoint.path());
+        let url = format!("{}/{}", self.base, endpoint.path);
         let params = self.params(offset, limit, query);
         let full_url = format!("{url}?{}", oauth1::query_string(&params));
         let mut attempt: u32 = 0;
@@ -314,12 +289,15 @@ impl OneRosterClient {
             let started = std::time::Instant::now();
             let outcome = self
                 .attempt::<T>(
-                    endpoint,
-                    &full_url,
+                    &Request {
+                        endpoint,
+                        full_url: &full_url,
+                        offset,
+                        known_total,
+                        limit,
+                        attempt,
+                    },
                     credential.header,
-                    offset,
-                    known_total,
-                    limit,
                 )
                 .await;
             self.request_micros
@@ -388,13 +366,17 @@ impl OneRosterClient {
 
     async fn attempt<T: WireRecord>(
         &self,
-        endpoint: Endpoint,
-        full_url: &str,
+        request: &Request<'_>,
         authorization: secrecy::SecretString,
-        offset: usize,
-        known_total: Option<usize>,
-        limit: usize,
     ) -> Result<Attempt<T>, FetchError> {
+        let &Request {
+            endpoint,
+            full_url,
+            offset,
+            known_total,
+            limit,
+            attempt: attempt_number,
+        } = request;
         let mut auth_value = HeaderValue::from_str(authorization.expose_secret())
             .map_err(|_| FetchError::InvalidConfig("credential is not a valid header".into()))?;
         auth_value.set_sensitive(true);
@@ -449,6 +431,7 @@ impl OneRosterClient {
                 });
             }
         }
+        let content_type = header_str(&headers, "content-type").map(str::to_owned);
         let body = match response.bytes().await {
             Ok(body) => body,
             Err(e) => {
@@ -463,6 +446,17 @@ impl OneRosterClient {
                 });
             }
         };
+        // A login or proxy page answering 200: retrying gets the same page. Only a body that
+        // is not declared JSON is quoted (a JSON body may hold roster data).
+        if !looks_like_json(content_type.as_deref(), &body) {
+            return Err(FetchError::NotJson {
+                endpoint,
+                url: full_url.to_owned(),
+                status,
+                content_type: content_type.unwrap_or_else(|| "none".into()),
+                start: body_start(&body),
+            });
+        }
         // Parsing a page of thousands of records is CPU work: it runs on the blocking pool, so
         // pages are parsed while the consumer normalizes and stages earlier ones.
         let parsed = tokio::task::spawn_blocking(move || parse_page::<T>(&body, endpoint))
@@ -481,7 +475,7 @@ impl OneRosterClient {
                     endpoint,
                     offset,
                     detail,
-                    attempts: 1,
+                    attempts: attempt_number,
                 });
             }
         };
@@ -636,7 +630,7 @@ enum PageShapeError {
 /// (no `Value` tree) until it is read into its wire type.
 /// A page's records: the readable ones, the unreadable ones reported by id, and how many the
 /// page held.
-type ParsedPage<T> = (Vec<T>, Vec<Skipped>, usize);
+type ParsedPage<T> = (Vec<T>, Vec<Finding>, usize);
 
 fn parse_page<T: WireRecord>(
     body: &[u8],
@@ -655,16 +649,25 @@ fn parse_page<T: WireRecord>(
 }
 
 fn page_records(body: &[u8], endpoint: Endpoint) -> Result<Vec<&RawValue>, PageShapeError> {
+    // Only a body that ends too early is worth another try (a connection cut mid-page); JSON
+    // that is wrong is wrong again on the next request.
     let classify = |e: serde_json::Error| match e.classify() {
+        serde_json::error::Category::Eof | serde_json::error::Category::Io => {
+            PageShapeError::Truncated(format!(
+                "the page ends early (line {} column {})",
+                e.line(),
+                e.column()
+            ))
+        }
+        serde_json::error::Category::Syntax => PageShapeError::Shape(format!(
+            "not valid JSON at line {} column {}",
+            e.line(),
+            e.column()
+        )),
         serde_json::error::Category::Data => PageShapeError::Shape(format!(
             "expected a `{}` array: {}",
             endpoint.envelope_key(),
             sanitize(&e.to_string())
-        )),
-        _ => PageShapeError::Truncated(format!(
-            "malformed JSON at line {} column {}",
-            e.line(),
-            e.column()
         )),
     };
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
@@ -681,7 +684,7 @@ fn page_records(body: &[u8], endpoint: Endpoint) -> Result<Vec<&RawValue>, PageS
 }
 
 /// One record read leniently: failure skips the record, reported by id, never the page.
-fn read_record<T: WireRecord>(raw: &RawValue) -> Result<T, Skipped> {
+fn read_record<T: WireRecord>(raw: &RawValue) -> Result<T, Finding> {
     // Fast path; the path-tracking second read runs only for the rare bad record.
     if let Ok(record) = serde_json::from_str::<T>(raw.get()) {
         return Ok(record);
@@ -697,19 +700,54 @@ fn read_record<T: WireRecord>(raw: &RawValue) -> Result<T, Skipped> {
             .ok()
             .and_then(|p| p.sourced_id)
             .filter(|id| !id.is_empty())
-            .unwrap_or_else(|| "<missing>".to_owned());
+            .unwrap_or_else(|| MISSING_ID.to_owned());
         let path = e.path().to_string();
         let reason = if path.is_empty() || path == "." {
             format!("record: {}", sanitize(&e.inner().to_string()))
         } else {
             format!("field `{path}`: {}", sanitize(&e.inner().to_string()))
         };
-        Skipped {
-            entity: T::ENDPOINT.entity(),
-            sourced_id,
-            reason,
-        }
+        Finding::new(Code::RecordUnreadable, T::ENDPOINT.name, sourced_id, reason)
     })
+}
+
+/// Whether a 200 answer can be a OneRoster page: declared JSON, or undeclared and starting
+/// like JSON.
+fn looks_like_json(content_type: Option<&str>, body: &[u8]) -> bool {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace()).copied();
+    match content_type.map(|c| c.to_ascii_lowercase()) {
+        Some(c) if c.contains("json") => true,
+        // text/plain and the like: trust the body when it starts like JSON.
+        Some(c) if c.starts_with("text/html") || c.contains("xml") => false,
+        _ => matches!(first, Some(b'{') | Some(b'[')),
+    }
+}
+
+/// The start of a body that is not JSON, safe to log: printable ASCII only, white space
+/// folded, at most 80 characters.
+fn body_start(body: &[u8]) -> String {
+    let mut out = String::new();
+    let mut space = false;
+    for &b in body.iter().take(400) {
+        let c = b as char;
+        if c.is_ascii_whitespace() {
+            space = !out.is_empty();
+            continue;
+        }
+        if !c.is_ascii_graphic() {
+            continue;
+        }
+        if space {
+            out.push(' ');
+            space = false;
+        }
+        out.push(c);
+        if out.len() >= 80 {
+            out.push_str("...");
+            break;
+        }
+    }
+    out
 }
 
 /// A serde error message without the offending value (it may be personal data):
@@ -762,6 +800,10 @@ fn imsx_detail(body: &[u8]) -> Option<String> {
 mod tests {
     use super::*;
 
+    const USERS: Endpoint = <wire::User as WireRecord>::ENDPOINT;
+    const ORGS: Endpoint = <wire::Org as WireRecord>::ENDPOINT;
+    const DEMOGRAPHICS: Endpoint = <wire::Demographics as WireRecord>::ENDPOINT;
+
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
@@ -773,26 +815,49 @@ mod tests {
     #[test]
     fn envelope_and_bare_array_are_both_pages() {
         let body = br#"{"users":[{"sourcedId":"a"},{"sourcedId":"b"}],"other":1}"#;
-        assert_eq!(page_records(body, Endpoint::Users).ok().unwrap().len(), 2);
+        assert_eq!(page_records(body, USERS).ok().unwrap().len(), 2);
         let bare = br#" [{"sourcedId":"a"}]"#;
-        assert_eq!(page_records(bare, Endpoint::Users).ok().unwrap().len(), 1);
+        assert_eq!(page_records(bare, USERS).ok().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn html_or_undeclared_non_json_is_not_a_page_and_its_start_is_quoted_safely() {
+        assert!(looks_like_json(
+            Some("application/json; charset=utf-8"),
+            b"<html>"
+        ));
+        assert!(!looks_like_json(Some("text/html; charset=utf-8"), b"{}"));
+        assert!(looks_like_json(Some("text/plain"), b" {\"users\":[]}"));
+        assert!(looks_like_json(None, b"[]"));
+        assert!(!looks_like_json(None, b"<!doctype html>"));
+        let page = b"<!DOCTYPE html>\n<html>\n  <head><title>Sign in</title>\x01</head>";
+        assert_eq!(
+            body_start(page),
+            "<!DOCTYPE html> <html> <head><title>Sign in</title></head>"
+        );
+        assert!(body_start(&[b'x'; 500]).ends_with("..."));
     }
 
     #[test]
     fn truncated_body_is_transient_and_wrong_shape_is_not() {
         let cut = br#"{"users":[{"sourcedId":"a"},{"sourc"#;
         assert!(matches!(
-            page_records(cut, Endpoint::Users),
+            page_records(cut, USERS),
             Err(PageShapeError::Truncated(_))
+        ));
+        let garbage = br#"{"users":[{"sourcedId":"a"} x]}"#;
+        assert!(matches!(
+            page_records(garbage, USERS),
+            Err(PageShapeError::Shape(_))
         ));
         let wrong = br#"{"classes":[]}"#;
         assert!(matches!(
-            page_records(wrong, Endpoint::Users),
+            page_records(wrong, USERS),
             Err(PageShapeError::Shape(_))
         ));
         let not_array = br#"{"users":{"sourcedId":"a"}}"#;
         assert!(matches!(
-            page_records(not_array, Endpoint::Users),
+            page_records(not_array, USERS),
             Err(PageShapeError::Shape(_))
         ));
     }
@@ -801,18 +866,18 @@ mod tests {
     fn unreadable_record_is_skipped_by_id_without_its_value() {
         let body = br#"{"users":[{"sourcedId":"u1","role":"student"},
             {"sourcedId":"u2","role":{"secret":"Jane Doe"}},{"enabledUser":"perhaps"}]}"#;
-        let raw = page_records(body, Endpoint::Users).ok().unwrap();
-        let read: Vec<Result<wire::User, Skipped>> = raw.into_iter().map(read_record).collect();
+        let raw = page_records(body, USERS).ok().unwrap();
+        let read: Vec<Result<wire::User, Finding>> = raw.into_iter().map(read_record).collect();
         assert!(read[0].is_ok());
         let skip = read[1].as_ref().unwrap_err();
-        assert_eq!(skip.entity, "users");
+        assert_eq!((skip.code, skip.entity), (Code::RecordUnreadable, "users"));
         assert_eq!(skip.sourced_id, "u2");
-        assert!(skip.reason.starts_with("field `role`"), "{}", skip.reason);
-        assert!(!skip.reason.contains("Jane"));
+        assert!(skip.message.starts_with("field `role`"), "{}", skip.message);
+        assert!(!skip.message.contains("Jane"));
         let skip = read[2].as_ref().unwrap_err();
         assert_eq!(skip.sourced_id, "<missing>");
-        assert!(skip.reason.contains("enabledUser"), "{}", skip.reason);
-        assert!(!skip.reason.contains("perhaps"));
+        assert!(skip.message.contains("enabledUser"), "{}", skip.message);
+        assert!(!skip.message.contains("perhaps"));
     }
 
     #[test]
@@ -827,7 +892,7 @@ mod tests {
     #[test]
     fn page_rules() {
         let ok = check_page(
-            Endpoint::Users,
+            USERS,
             &headers(&[
                 ("x-total-count", "5"),
                 ("x-count", "2"),
@@ -847,7 +912,7 @@ mod tests {
             })
         ));
         let last = check_page(
-            Endpoint::Users,
+            USERS,
             &headers(&[("x-total-count", "5"), ("x-perm-rev", "r1")]),
             4,
             2,
@@ -858,14 +923,7 @@ mod tests {
         assert_eq!(last.total, 5);
         assert_eq!(last.revision.as_deref(), Some("r1"));
         assert!(matches!(
-            check_page(
-                Endpoint::Users,
-                &headers(&[("x-total-count", "5")]),
-                2,
-                2,
-                Some(5),
-                1
-            ),
+            check_page(USERS, &headers(&[("x-total-count", "5")]), 2, 2, Some(5), 1),
             Err(FetchError::IncompletePage {
                 expected: 2,
                 got: 1,
@@ -874,14 +932,7 @@ mod tests {
             })
         ));
         assert!(matches!(
-            check_page(
-                Endpoint::Users,
-                &headers(&[("x-total-count", "5")]),
-                2,
-                2,
-                Some(5),
-                0
-            ),
+            check_page(USERS, &headers(&[("x-total-count", "5")]), 2, 2, Some(5), 0),
             Err(FetchError::IncompletePage {
                 expected: 2,
                 got: 0,
@@ -889,22 +940,15 @@ mod tests {
             })
         ));
         assert!(matches!(
-            check_page(Endpoint::Users, &headers(&[]), 2, 2, Some(4), 2),
+            check_page(USERS, &headers(&[]), 2, 2, Some(4), 2),
             Ok(PageMeta { total: 4, .. })
         ));
         assert!(matches!(
-            check_page(Endpoint::Users, &headers(&[]), 0, 2, None, 2),
+            check_page(USERS, &headers(&[]), 0, 2, None, 2),
             Err(FetchError::MissingTotal { .. })
         ));
         assert!(matches!(
-            check_page(
-                Endpoint::Users,
-                &headers(&[("x-total-count", "6")]),
-                2,
-                2,
-                Some(5),
-                2
-            ),
+            check_page(USERS, &headers(&[("x-total-count", "6")]), 2, 2, Some(5), 2),
             Err(FetchError::TotalChanged {
                 first: 5,
                 now: 6,
@@ -912,24 +956,10 @@ mod tests {
             })
         ));
         assert!(matches!(
-            check_page(
-                Endpoint::Users,
-                &headers(&[("x-total-count", "5")]),
-                0,
-                2,
-                None,
-                5
-            ),
+            check_page(USERS, &headers(&[("x-total-count", "5")]), 0, 2, None, 5),
             Err(FetchError::OversizedPage { .. })
         ));
-        let empty = check_page(
-            Endpoint::Users,
-            &headers(&[("x-total-count", "0")]),
-            0,
-            2,
-            None,
-            0,
-        );
+        let empty = check_page(USERS, &headers(&[("x-total-count", "0")]), 0, 2, None, 0);
         assert_eq!(empty.unwrap().total, 0);
     }
 
@@ -947,7 +977,7 @@ mod tests {
     #[test]
     fn unreachable_and_token_failures_say_what_to_check() {
         let refused = FetchError::Connect {
-            endpoint: Endpoint::Orgs,
+            endpoint: ORGS,
             url: "http://127.0.0.1:9/x/orgs".into(),
             detail: "connection refused".into(),
             attempts: 3,
@@ -965,14 +995,27 @@ mod tests {
     }
 
     #[test]
-    fn forbidden_message_names_the_permission() {
+    fn forbidden_and_not_found_name_the_permission_and_the_key() {
         let e = FetchError::Forbidden {
-            endpoint: Endpoint::Demographics,
+            endpoint: DEMOGRAPHICS,
         };
-        assert!(e.to_string().contains("demographics are not enabled"));
-        let e = FetchError::Forbidden {
-            endpoint: Endpoint::Users,
+        assert!(e.to_string().contains("enable \"Demographics\""), "{e}");
+        assert!(e.to_string().contains("demographics = \"off\""), "{e}");
+        let e = FetchError::Forbidden { endpoint: USERS };
+        assert!(e.to_string().contains("Full Permissions"), "{e}");
+        let e = FetchError::NotFound {
+            endpoint: DEMOGRAPHICS,
+            url: "http://x/demographics".into(),
         };
-        assert!(e.to_string().contains("Full Permissions"));
+        assert!(
+            e.to_string().contains("does not exist on this server"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("demographics = \"off\""), "{e}");
+        let e = FetchError::NotFound {
+            endpoint: USERS,
+            url: "http://x/users".into(),
+        };
+        assert!(e.to_string().contains("check base_url"), "{e}");
     }
 }

@@ -11,7 +11,8 @@ use serde::de::{self, DeserializeOwned, Deserializer, IgnoredAny, MapAccess, Seq
 
 use super::Endpoint;
 
-/// A record type read from one collection endpoint.
+/// A record type read from one collection endpoint (the collection registry binds each wire
+/// type to its endpoint).
 pub trait WireRecord: DeserializeOwned + Send + 'static {
     const ENDPOINT: Endpoint;
 }
@@ -216,28 +217,6 @@ pub const DEMOGRAPHICS_FIELDS: [&str; 11] = [
     "hispanicOrLatinoEthnicity",
 ];
 
-impl WireRecord for Org {
-    const ENDPOINT: Endpoint = Endpoint::Orgs;
-}
-impl WireRecord for AcademicSession {
-    const ENDPOINT: Endpoint = Endpoint::AcademicSessions;
-}
-impl WireRecord for Course {
-    const ENDPOINT: Endpoint = Endpoint::Courses;
-}
-impl WireRecord for Class {
-    const ENDPOINT: Endpoint = Endpoint::Classes;
-}
-impl WireRecord for User {
-    const ENDPOINT: Endpoint = Endpoint::Users;
-}
-impl WireRecord for Enrollment {
-    const ENDPOINT: Endpoint = Endpoint::Enrollments;
-}
-impl WireRecord for Demographics {
-    const ENDPOINT: Endpoint = Endpoint::Demographics;
-}
-
 // ---- lenient field readers ------------------------------------------------------------------
 // Error messages name what was expected, never the value received (it may be personal data).
 
@@ -265,6 +244,12 @@ impl<'de> Visitor<'de> for TextVisitor {
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
         Ok(Some(v.to_string()))
     }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(Some(v.to_string()))
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(Some(v.to_string()))
+    }
     fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
         Ok(None)
     }
@@ -286,6 +271,13 @@ fn flag<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
             Ok(Some(v))
         }
         fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            match v {
+                0 => Ok(Some(false)),
+                1 => Ok(Some(true)),
+                _ => Err(E::custom("expected a boolean")),
+            }
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
             match v {
                 0 => Ok(Some(false)),
                 1 => Ok(Some(true)),
@@ -333,6 +325,12 @@ impl<'de> Visitor<'de> for GuidRefVisitor {
             }
         }
         Ok(id)
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Some(v.to_string()))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Some(v.to_string()))
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
         Ok(Some(v.to_owned()))

@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use oneroster_sim::{Counts, Faults, SimConfig, SimHandle, spawn, spawn_on};
-use oneroster_sync::config::{AuthConfig, DistrictConfig};
+use oneroster_sync::config::{AuthConfig, DemographicsMode, DistrictConfig};
 use oneroster_sync::oneroster::wire;
 use oneroster_sync::oneroster::{
-    DEMOGRAPHICS_FIELDS, Endpoint, FetchError, OneRosterClient, Page, PullQuery, WireRecord,
+    DEMOGRAPHICS_FIELDS, FetchError, OneRosterClient, Page, PullQuery, WireRecord,
 };
 use url::Url;
 
@@ -48,7 +48,8 @@ fn district(sim: &SimHandle, auth: AuthConfig) -> DistrictConfig {
         request_timeout: Duration::from_secs(5),
         max_retries: 3,
         run_timeout: Duration::from_secs(60),
-        demographics: true,
+        demographics: DemographicsMode::Required,
+        demographics_limits: Default::default(),
         limits: Default::default(),
     }
 }
@@ -63,7 +64,7 @@ async fn pull<T: WireRecord>(
     query: PullQuery,
 ) -> Result<Vec<Page<T>>, FetchError> {
     let mut pages = Vec::new();
-    let mut stream = std::pin::pin!(client.pages::<T>(T::ENDPOINT, query));
+    let mut stream = std::pin::pin!(client.pages::<T>(query));
     while let Some(page) = stream.next().await {
         pages.push(page?);
     }
@@ -196,7 +197,7 @@ async fn silently_clamped_page_is_an_error_not_the_end() {
         matches!(
             err,
             FetchError::IncompletePage {
-                endpoint: Endpoint::Users,
+                endpoint: <wire::User as WireRecord>::ENDPOINT,
                 offset: 0,
                 expected: 7,
                 got: 5
@@ -210,8 +211,7 @@ async fn silently_clamped_page_is_an_error_not_the_end() {
 async fn total_moving_mid_pull_is_an_error() {
     let sim = sim().await;
     let client = client(&sim, oauth2(&sim));
-    let mut stream =
-        std::pin::pin!(client.pages::<wire::User>(Endpoint::Users, PullQuery::default()));
+    let mut stream = std::pin::pin!(client.pages::<wire::User>(PullQuery::default()));
     let first = stream.next().await.unwrap().unwrap();
     assert_eq!(first.offset, 0);
     sim.with_data(|d| d.users.pop());
@@ -288,7 +288,7 @@ async fn exhausted_retries_report_the_last_status_and_attempts() {
         .unwrap_err();
     match &err {
         FetchError::Server {
-            endpoint: Endpoint::Users,
+            endpoint: <wire::User as WireRecord>::ENDPOINT,
             status: 500,
             attempts: 2,
             url,
@@ -313,10 +313,10 @@ async fn forbidden_not_found_and_other_client_errors_are_not_retried() {
     assert!(matches!(
         err,
         FetchError::Forbidden {
-            endpoint: Endpoint::Demographics
+            endpoint: <wire::Demographics as WireRecord>::ENDPOINT
         }
     ));
-    assert!(err.to_string().contains("demographics are not enabled"));
+    assert!(err.to_string().contains("enable \"Demographics\""), "{err}");
 
     sim.set_faults(Faults {
         status_for: Some(("users".into(), 404)),
@@ -328,7 +328,7 @@ async fn forbidden_not_found_and_other_client_errors_are_not_retried() {
     assert!(matches!(
         err,
         FetchError::NotFound {
-            endpoint: Endpoint::Users,
+            endpoint: <wire::User as WireRecord>::ENDPOINT,
             ..
         }
     ));
@@ -395,7 +395,7 @@ async fn bearer_401_is_unauthorized_at_once() {
         matches!(
             err,
             FetchError::Unauthorized {
-                endpoint: Endpoint::Orgs
+                endpoint: <wire::Org as WireRecord>::ENDPOINT
             }
         ),
         "{err:?}"
@@ -498,7 +498,7 @@ async fn bodies_that_stay_truncated_fail_as_parse_errors() {
         matches!(
             err,
             FetchError::Parse {
-                endpoint: Endpoint::Users,
+                endpoint: <wire::User as WireRecord>::ENDPOINT,
                 offset: 0,
                 attempts: 2,
                 ..

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use oneroster_sync::config::{AuthConfig, EnvSource, LogFormat, Settings};
+use oneroster_sync::config::{AuthConfig, DemographicsMode, EnvSource, LogFormat, Settings};
 use secrecy::ExposeSecret;
 
 const DB: &str = "[database]\nurl = \"postgres://sync@127.0.0.1:5432/oneroster_sync\"\n";
@@ -120,7 +120,7 @@ fn a_valid_district_gets_every_default() {
     assert_eq!(d.request_timeout, Duration::from_secs(120));
     assert_eq!(d.max_retries, 6);
     assert_eq!(d.run_timeout, Duration::from_secs(4 * 3600));
-    assert!(d.demographics);
+    assert_eq!(d.demographics, DemographicsMode::Required);
     assert_eq!(settings.log.format, LogFormat::Json);
     assert_eq!(settings.log.level, "info");
     assert!(settings.store.is_none());
@@ -144,7 +144,7 @@ fn explicit_values_are_used() {
     assert_eq!(d.request_timeout, Duration::from_secs(60));
     assert_eq!(d.max_retries, 0);
     assert_eq!(d.run_timeout, Duration::from_secs(1800));
-    assert!(!d.demographics);
+    assert_eq!(d.demographics, DemographicsMode::Off);
     assert!(matches!(&d.auth, AuthConfig::OAuth2 { scope: Some(s), .. } if s == "roster"));
 }
 

@@ -255,7 +255,7 @@ async fn a_full_pull_is_due_after_full_interval_and_while_a_change_set_is_held()
     assert_eq!(report.outcome, Outcome::Applied, "{report:#?}");
     assert_eq!(report.changes(), 1);
     assert!(
-        oneroster_sync::safety::pending(&h.dbs.state, DISTRICT)
+        oneroster_sync::history::pending(&h.dbs.state, DISTRICT)
             .await
             .unwrap()
             .is_none()
@@ -352,7 +352,7 @@ async fn the_s_district_through_fulls_and_deltas_matches_the_contract_row_for_ro
     let want = expected(&ds, &before);
     if report.outcome == Outcome::Held {
         let fingerprint = report.hold.as_ref().unwrap().fingerprint.clone();
-        oneroster_sync::safety::approve(&h.dbs.state, DISTRICT, Some(&fingerprint))
+        oneroster_sync::history::approve(&h.dbs.state, DISTRICT, Some(&fingerprint))
             .await
             .unwrap();
         let report = h.sync().await;

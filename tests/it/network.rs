@@ -316,7 +316,11 @@ async fn forbidden_demographics_asks_to_enable_demographics() {
         error.contains("demographics: forbidden (HTTP 403)"),
         "{error}"
     );
-    assert!(error.contains("enable demographics"), "{error}");
+    assert!(
+        error.contains("enable \"Demographics\" for the app"),
+        "{error}"
+    );
+    assert!(error.contains("demographics = \"off\""), "{error}");
     assert_eq!(h.sim.stats().per_collection.get("demographics"), Some(&1));
 }
 
@@ -333,7 +337,7 @@ async fn forbidden_collection_asks_to_share_full_permissions() {
     let error = failed_with(&h.sync().await);
     assert!(error.contains("users: forbidden (HTTP 403)"), "{error}");
     assert!(
-        error.contains("share the ClassLink app with Full Permissions"),
+        error.contains("in ClassLink, share users") && error.contains("\"Full Permissions\""),
         "{error}"
     );
 }
@@ -346,7 +350,10 @@ async fn a_wrong_base_path_is_reported_as_a_bad_base_url() {
     })
     .await;
     let error = failed_with(&h.sync().await);
-    assert!(error.contains("orgs: not found (HTTP 404)"), "{error}");
+    assert!(
+        error.contains("orgs: the endpoint does not exist on this server (HTTP 404"),
+        "{error}"
+    );
     assert!(error.contains("check base_url"), "{error}");
     assert!(error.contains("/v1p9/orgs"), "{error}");
 }

@@ -9,7 +9,7 @@ use oneroster_sim::{
 };
 use oneroster_sync::config::Settings;
 use oneroster_sync::db::Databases;
-use oneroster_sync::domain::Entity;
+use oneroster_sync::domain::{Code, Entity, Severity};
 use oneroster_sync::sync::{Outcome, RunOptions, RunReport, run_once};
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -103,9 +103,51 @@ fn date(d: Option<chrono::NaiveDate>) -> Value {
     d.map(|d| json!(d.to_string())).unwrap_or(Value::Null)
 }
 
-fn list<S: AsRef<str>>(v: &[S]) -> Value {
-    json!(v.iter().map(|s| s.as_ref().to_string()).collect::<Vec<_>>())
+/// A set-like list as the contract stores it: trimmed, sorted, without duplicates or empties.
+fn set<S: AsRef<str>>(v: &[S]) -> Value {
+    let items: BTreeSet<String> = v
+        .iter()
+        .map(|s| s.as_ref().trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    json!(items.into_iter().collect::<Vec<_>>())
 }
+
+/// A vocabulary value as the contract stores it: the vocabulary's spelling when it matches
+/// case-insensitively, else as sent (trimmed); `""` is NULL.
+fn vocab(value: &str, words: &[&str]) -> Value {
+    let value = value.trim();
+    match words.iter().find(|w| w.eq_ignore_ascii_case(value)) {
+        Some(w) => json!(w),
+        None => opt(value),
+    }
+}
+
+const ROLES: &[&str] = &[
+    "administrator",
+    "aide",
+    "guardian",
+    "parent",
+    "proctor",
+    "relative",
+    "student",
+    "teacher",
+    "counselor",
+    "districtAdministrator",
+    "principal",
+    "siteAdministrator",
+    "systemAdministrator",
+];
+const ORG_TYPES: &[&str] = &[
+    "department",
+    "district",
+    "local",
+    "national",
+    "school",
+    "state",
+];
+const SESSION_TYPES: &[&str] = &["gradingPeriod", "schoolYear", "semester", "term"];
+const CLASS_TYPES: &[&str] = &["homeroom", "scheduled"];
 
 fn gender(sex: &str) -> Value {
     match sex.trim().to_lowercase().as_str() {
@@ -123,7 +165,7 @@ pub fn expected(ds: &Dataset, prev: &StoreRows) -> StoreRows {
     let mut out = StoreRows::new();
     let orgs = ds.orgs.iter().map(|o| {
         (o.sourced_id.clone(), json!({
-            "sourced_id": o.sourced_id, "status": status(o.status), "name": opt(&o.name), "type": opt(&o.org_type),
+            "sourced_id": o.sourced_id, "status": status(o.status), "name": opt(&o.name), "type": vocab(&o.org_type, ORG_TYPES),
             "identifier": opt(&o.identifier), "parent_sourced_id": o.parent.as_deref().map(opt).unwrap_or(Value::Null),
             "source_modified_at": ts(o.date_last_modified),
         }))
@@ -131,7 +173,7 @@ pub fn expected(ds: &Dataset, prev: &StoreRows) -> StoreRows {
     out.insert("orgs", orgs.collect());
     let sessions = ds.academic_sessions.iter().map(|a| {
         (a.sourced_id.clone(), json!({
-            "sourced_id": a.sourced_id, "status": status(a.status), "title": opt(&a.title), "type": opt(&a.session_type),
+            "sourced_id": a.sourced_id, "status": status(a.status), "title": opt(&a.title), "type": vocab(&a.session_type, SESSION_TYPES),
             "start_date": date(a.start_date), "end_date": date(a.end_date),
             "parent_sourced_id": a.parent.as_deref().map(opt).unwrap_or(Value::Null), "school_year": opt(&a.school_year),
             "source_modified_at": ts(a.date_last_modified),
@@ -156,10 +198,10 @@ pub fn expected(ds: &Dataset, prev: &StoreRows) -> StoreRows {
         };
         (c.sourced_id.clone(), json!({
             "sourced_id": c.sourced_id, "status": status(c.status), "title": opt(&c.title),
-            "class_code": opt(&c.class_code), "class_type": opt(&c.class_type),
+            "class_code": opt(&c.class_code), "class_type": vocab(&c.class_type, CLASS_TYPES),
             "school_sourced_id": opt(&c.school), "course_sourced_id": opt(&c.course),
-            "term_sourced_ids": list(&c.terms), "grades": list(&c.grades), "subjects": list(&c.subjects),
-            "periods": list(&periods), "source_modified_at": ts(c.date_last_modified),
+            "term_sourced_ids": set(&c.terms), "grades": set(&c.grades), "subjects": set(&c.subjects),
+            "periods": set(&periods), "source_modified_at": ts(c.date_last_modified),
         }))
     });
     out.insert("classes", classes.collect());
@@ -185,10 +227,10 @@ pub fn expected(ds: &Dataset, prev: &StoreRows) -> StoreRows {
             }
         };
         (u.sourced_id.clone(), json!({
-            "sourced_id": u.sourced_id, "status": status(u.status), "role": u.role.to_lowercase(),
+            "sourced_id": u.sourced_id, "status": status(u.status), "role": vocab(&u.role, ROLES),
             "username": opt(&u.username), "email": opt(&u.email), "given_name": opt(&u.given_name),
             "family_name": opt(&u.family_name), "middle_name": opt(&u.middle_name), "identifier": opt(&u.identifier),
-            "enabled": u.enabled_user, "grades": list(&u.grades), "org_sourced_ids": list(&u.orgs),
+            "enabled": u.enabled_user, "grades": set(&u.grades), "org_sourced_ids": set(&u.orgs),
             "gender": g, "hispanic_or_latino": h, "races": r, "source_modified_at": ts(u.date_last_modified),
         }))
     });
@@ -227,7 +269,7 @@ pub fn expected(ds: &Dataset, prev: &StoreRows) -> StoreRows {
             };
             json!({
                 "sourced_id": e.sourced_id, "status": st, "user_sourced_id": e.user, "class_sourced_id": e.class,
-                "school_sourced_id": opt(&e.school), "role": e.role.to_lowercase(), "is_primary": e.primary,
+                "school_sourced_id": opt(&e.school), "role": vocab(&e.role, ROLES), "is_primary": e.primary,
                 "begin_date": date(e.begin_date), "end_date": date(e.end_date),
                 "source_modified_at": ts(e.date_last_modified),
             })
@@ -398,7 +440,7 @@ async fn full_sync_of_the_s_district_lands_every_record() {
         ds.enrollments.len() as i64
     );
     assert_eq!(report.counts[&Entity::Users].created, ds.users.len() as i64);
-    assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+    assert!(report.findings.is_empty(), "{:?}", report.findings);
 }
 
 #[tokio::test]
@@ -513,8 +555,9 @@ async fn bad_records_are_skipped_by_id_and_the_rest_lands() {
             "skipped id {id} not named in the output:\n{text}"
         );
     }
-    // Logs: JSON lines; every line of the run names the district and run; one summary line.
-    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+    // Logs: JSON lines on stderr; every line of the run names the district and run; one
+    // summary line.
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stderr)
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
@@ -524,10 +567,9 @@ async fn bad_records_are_skipped_by_id_and_the_rest_lands() {
         .collect();
     assert_eq!(skipped_lines.len(), 4, "{text}");
     assert!(
-        skipped_lines.iter().any(|l| l["reason"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("duplicate")),
+        skipped_lines
+            .iter()
+            .any(|l| l["code"] == "duplicate_sourced_id"),
         "{text}"
     );
     let summaries: Vec<&Value> = lines
@@ -747,7 +789,7 @@ async fn districts_never_touch_each_others_rows() {
         "{report:?}"
     );
     if report.outcome == Outcome::Held {
-        oneroster_sync::safety::approve(&h.dbs.state, DISTRICT, None)
+        oneroster_sync::history::approve(&h.dbs.state, DISTRICT, None)
             .await
             .unwrap();
         assert_eq!(
@@ -837,11 +879,12 @@ async fn invalid_records_keep_their_row_deleted_ones_come_back_and_enrollments_f
     });
     let report = h.sync().await;
     assert_eq!(report.outcome, Outcome::NothingToDo, "{report:?}");
+    let skipped = report.findings.entries();
     assert!(
-        report
-            .skipped
-            .iter()
-            .any(|s| s.sourced_id == student.sourced_id)
+        skipped.iter().any(|f| f.code == Code::UserRoleUnknown
+            && f.severity == Severity::Error
+            && f.samples.contains(&student.sourced_id)),
+        "{skipped:?}"
     );
     let rows = store_rows(&h.db, DISTRICT).await;
     assert_eq!(
