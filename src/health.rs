@@ -260,31 +260,36 @@ struct AppState {
     state_db: PgPool,
 }
 
-/// Binds `addr` now (so a bad address fails the start) and serves until `shutdown`.
-pub async fn serve(
-    addr: SocketAddr,
+/// Binds `[daemon] listen` (a bad address fails the start; port 0 takes a free port, which the
+/// start-up line names).
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, HealthError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| HealthError::Bind { addr, source })
+}
+
+/// Serves the probes and metrics on an already bound listener until `shutdown`.
+pub fn serve(
+    listener: tokio::net::TcpListener,
     monitor: Arc<Monitor>,
     state_db: PgPool,
     shutdown: CancellationToken,
-) -> Result<tokio::task::JoinHandle<()>, HealthError> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| HealthError::Bind { addr, source })?;
-    let bound = listener.local_addr().unwrap_or(addr);
+) -> tokio::task::JoinHandle<()> {
+    let bound = listener.local_addr().ok();
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(AppState { monitor, state_db });
-    info!(listen = %bound, "health and metrics listener started");
-    Ok(tokio::spawn(async move {
+    info!(listen = %bound.map_or_else(String::new, |a| a.to_string()), "health and metrics listener started");
+    tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await;
         if let Err(e) = served {
             error!(error = %e, "health and metrics listener stopped");
         }
-    }))
+    })
 }
 
 async fn healthz() -> &'static str {

@@ -340,15 +340,12 @@ pub async fn run(
 
     let listener_stop = CancellationToken::new();
     let listener = match daemon.listen {
-        Some(addr) => Some(
-            health::serve(
-                addr,
-                monitor.clone(),
-                dbs.state.clone(),
-                listener_stop.clone(),
-            )
-            .await?,
-        ),
+        Some(addr) => Some(health::serve(
+            health::bind(addr).await?,
+            monitor.clone(),
+            dbs.state.clone(),
+            listener_stop.clone(),
+        )),
         None => None,
     };
 

@@ -10,8 +10,9 @@ use oneroster_sync::domain::Code;
 use oneroster_sync::sync::{Outcome, RunOptions};
 use serde_json::{Value, json};
 
-use crate::support::{TestDb, output_text, run_binary, write_config};
-use crate::sync::{DISTRICT, Harness, district_toml};
+use crate::support::{
+    DISTRICT, Harness, TestDb, district_toml, output_text, run_binary, write_config,
+};
 
 /// Planted in every demographics record; must never reach the output.
 const CANARY_CITY: &str = "Canaryburg-7f3a";

@@ -12,8 +12,9 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+use crate::support::{DISTRICT, Harness, district_toml};
 use crate::support::{TestDb, write_config};
-use crate::sync::{DISTRICT, Harness, assert_store_eq, district_toml, expected, store_rows};
+use crate::sync::{assert_store_eq, expected, store_rows};
 
 /// A `run` process with its stdout (JSON log lines) collected as it goes.
 struct Daemon {

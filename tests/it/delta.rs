@@ -8,7 +8,8 @@ use oneroster_sync::domain::Entity;
 use oneroster_sync::sync::{Outcome, RunOptions, RunReport};
 use serde_json::json;
 
-use crate::sync::{DISTRICT, Harness, StoreRows, assert_store_eq, expected, store_rows};
+use crate::support::{DISTRICT, Harness};
+use crate::sync::{StoreRows, assert_store_eq, expected, store_rows};
 
 async fn delta(h: &Harness) -> RunReport {
     h.sync_with(RunOptions {

@@ -6,6 +6,7 @@ mod config;
 mod daemon;
 mod delta;
 mod docs;
+mod health;
 mod migrations;
 mod network;
 mod safety;

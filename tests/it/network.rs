@@ -5,12 +5,10 @@
 use std::time::Duration;
 
 use oneroster_sim::{Counts, Faults, SimConfig, SimHandle, Tier};
-use oneroster_sync::config::Settings;
-use oneroster_sync::db::Databases;
 use oneroster_sync::sync::{Outcome, RunReport};
 
-use crate::support::{TestDb, output_text, run_binary, write_config};
-use crate::sync::{DISTRICT, Harness, StoreRows, assert_store_eq, expected, store_rows};
+use crate::support::{DISTRICT, Harness, output_text, run_binary};
+use crate::sync::{StoreRows, assert_store_eq, expected, store_rows};
 
 #[derive(Clone, Copy)]
 enum Mode {
@@ -53,23 +51,8 @@ fn district_at(
     format!("[[districts]]\nid = \"{DISTRICT}\"\nbase_url = \"{base_url}\"\n{auth}{extra}\n")
 }
 
-/// A harness (fresh database, running simulator) whose district entry `entry` writes.
 async fn harness(sim: SimConfig, entry: impl FnOnce(&SimHandle) -> String) -> Harness {
-    let db = TestDb::new().await;
-    let sim = oneroster_sim::spawn(sim).await.expect("start simulator");
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = write_config(dir.path(), &db.url, None, &entry(&sim));
-    let settings = Settings::load(&config).expect("test config loads");
-    let dbs = Databases::connect(&settings).await.expect("connect");
-    dbs.migrate().await.expect("migrate");
-    Harness {
-        db,
-        sim,
-        _dir: dir,
-        config,
-        settings,
-        dbs,
-    }
+    Harness::build(sim, None, entry).await
 }
 
 fn s_district() -> SimConfig {

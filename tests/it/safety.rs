@@ -4,8 +4,9 @@ use oneroster_sim::{Counts, Faults, Scenario, SimConfig};
 use oneroster_sync::domain::Entity;
 use oneroster_sync::sync::Outcome;
 
+use crate::support::{DISTRICT, Harness};
 use crate::support::{output_text, run_binary};
-use crate::sync::{DISTRICT, Harness, StoreRows, assert_store_eq, expected, store_rows};
+use crate::sync::{StoreRows, assert_store_eq, expected, store_rows};
 
 fn medium() -> Counts {
     Counts {

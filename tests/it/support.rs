@@ -1,13 +1,93 @@
 //! Shared test fixtures: a fresh database per test on the throwaway cluster that `scripts/test`
-//! starts (`TEST_DATABASE_URL`), config files pointing at an in-process simulator, and the real
-//! binary.
+//! starts (`TEST_DATABASE_URL`), config files pointing at an in-process simulator, the
+//! [`Harness`] every test file builds on, and the real binary.
 
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use oneroster_sim::{Counts, SimConfig, SimHandle};
+use oneroster_sync::config::Settings;
+use oneroster_sync::db::Databases;
+use oneroster_sync::sync::{RunOptions, RunReport, run_once};
 use sqlx::{Connection, PgConnection};
+use tempfile::TempDir;
+
+pub const DISTRICT: &str = "lakeside";
+
+/// A fresh database, a running simulator, and a configuration with one district on it.
+pub struct Harness {
+    pub db: TestDb,
+    pub sim: SimHandle,
+    /// Keeps the config directory alive for the test.
+    pub _dir: TempDir,
+    pub config: PathBuf,
+    pub settings: Settings,
+    pub dbs: Databases,
+}
+
+/// A district entry for the simulator (OAuth2 with its credentials) plus `extra` keys.
+pub fn district_toml(sim: &SimHandle, id: &str, extra: &str) -> String {
+    let c = sim.credentials();
+    format!(
+        "[[districts]]\nid = \"{id}\"\nbase_url = \"{}\"\ntoken_url = \"{}\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\n\
+         page_size = 500\nmax_retries = 2\n{extra}\n",
+        sim.base_url(),
+        sim.token_url(),
+        c.client_id,
+        c.client_secret
+    )
+}
+
+impl Harness {
+    pub async fn new(counts: Counts) -> Harness {
+        Harness::with(SimConfig::new(7, counts), None, "").await
+    }
+
+    /// The default district entry with `extra` keys, optionally with a separate store.
+    pub async fn with(sim: SimConfig, store: Option<&TestDb>, extra: &str) -> Harness {
+        let extra = extra.to_owned();
+        Harness::build(sim, store, move |s| district_toml(s, DISTRICT, &extra)).await
+    }
+
+    /// A harness whose district entry (or entries) `entry` writes.
+    pub async fn build(
+        sim: SimConfig,
+        store: Option<&TestDb>,
+        entry: impl FnOnce(&SimHandle) -> String,
+    ) -> Harness {
+        let db = TestDb::new().await;
+        let sim = oneroster_sim::spawn(sim).await.expect("start simulator");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = write_config(
+            dir.path(),
+            &db.url,
+            store.map(|s| s.url.as_str()),
+            &entry(&sim),
+        );
+        let settings = Settings::load(&config).expect("test config loads");
+        let dbs = Databases::connect(&settings).await.expect("connect");
+        dbs.migrate().await.expect("migrate");
+        Harness {
+            db,
+            sim,
+            _dir: dir,
+            config,
+            settings,
+            dbs,
+        }
+    }
+
+    pub async fn sync(&self) -> RunReport {
+        self.sync_with(RunOptions::default()).await
+    }
+
+    pub async fn sync_with(&self, options: RunOptions) -> RunReport {
+        let district = self.settings.district(DISTRICT).expect("the test district");
+        run_once(&self.dbs, district, options).await
+    }
+}
 
 /// A database of its own for one test, on the test cluster.
 pub struct TestDb {

@@ -2,81 +2,16 @@
 //! row by row with what the contract says it must hold.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 
-use oneroster_sim::{
-    Counts, Dataset, Faults, Periods, Scenario, SimConfig, SimHandle, Status, Tier,
-};
+use oneroster_sim::{Counts, Dataset, Faults, Periods, Scenario, SimConfig, Status, Tier};
 use oneroster_sync::config::Settings;
-use oneroster_sync::db::Databases;
 use oneroster_sync::domain::{Code, Entity, Severity};
 use oneroster_sync::sync::{Outcome, RunOptions, RunReport, run_once};
 use serde_json::{Value, json};
-use tempfile::TempDir;
 
-use crate::support::{TestDb, output_text, run_binary, write_config};
-
-pub const DISTRICT: &str = "lakeside";
-
-pub struct Harness {
-    pub db: TestDb,
-    pub sim: SimHandle,
-    /// Keeps the config directory alive for the test.
-    pub _dir: TempDir,
-    pub config: PathBuf,
-    pub settings: Settings,
-    pub dbs: Databases,
-}
-
-pub fn district_toml(sim: &SimHandle, id: &str, extra: &str) -> String {
-    let c = sim.credentials();
-    format!(
-        "[[districts]]\nid = \"{id}\"\nbase_url = \"{}\"\ntoken_url = \"{}\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\n\
-         page_size = 500\nmax_retries = 2\n{extra}\n",
-        sim.base_url(),
-        sim.token_url(),
-        c.client_id,
-        c.client_secret
-    )
-}
-
-impl Harness {
-    pub async fn new(counts: Counts) -> Harness {
-        Harness::with(SimConfig::new(7, counts), None, "").await
-    }
-
-    pub async fn with(sim: SimConfig, store: Option<&TestDb>, extra: &str) -> Harness {
-        let db = TestDb::new().await;
-        let sim = oneroster_sim::spawn(sim).await.expect("start simulator");
-        let dir = tempfile::tempdir().unwrap();
-        let config = write_config(
-            dir.path(),
-            &db.url,
-            store.map(|s| s.url.as_str()),
-            &district_toml(&sim, DISTRICT, extra),
-        );
-        let settings = Settings::load(&config).expect("test config loads");
-        let dbs = Databases::connect(&settings).await.expect("connect");
-        dbs.migrate().await.expect("migrate");
-        Harness {
-            db,
-            sim,
-            _dir: dir,
-            config,
-            settings,
-            dbs,
-        }
-    }
-
-    pub async fn sync(&self) -> RunReport {
-        self.sync_with(RunOptions::default()).await
-    }
-
-    pub async fn sync_with(&self, options: RunOptions) -> RunReport {
-        let district = self.settings.district(DISTRICT).unwrap();
-        run_once(&self.dbs, district, options).await
-    }
-}
+use crate::support::{
+    DISTRICT, Harness, TestDb, district_toml, output_text, run_binary, write_config,
+};
 
 // ---------------------------------------------------------------------------------------------
 // What the store must hold, computed from the simulator's data by the contract's rules alone.
