@@ -225,3 +225,19 @@ fn the_reference_names_every_entity_type_of_the_limits() {
         );
     }
 }
+
+const GUIDE: &str = "docs/operator-guide.md";
+
+/// The operator guide's table of finding codes has a row for every code, with its severity.
+#[test]
+fn the_operator_guide_lists_every_finding_code_with_its_severity() {
+    use oneroster_sync::domain::Code;
+    let guide = read(GUIDE);
+    for code in Code::ALL {
+        let row = format!("| `{}` | {} |", code.as_str(), code.severity().as_str());
+        assert!(
+            guide.lines().any(|l| l.starts_with(&row)),
+            "{GUIDE} has no row `{row}`"
+        );
+    }
+}

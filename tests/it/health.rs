@@ -36,11 +36,16 @@ async fn probes_and_metrics_answer_on_a_bound_listener() {
     let ready = get(addr, "/readyz").await;
     assert!(ready.starts_with("HTTP/1.0 200"), "{ready}");
     assert_eq!(
-        health::probe_ready(addr, Duration::from_secs(2)).await.unwrap(),
+        health::probe_ready(addr, Duration::from_secs(2))
+            .await
+            .unwrap(),
         200
     );
     let metrics = get(addr, "/metrics").await;
-    assert!(metrics.contains("# TYPE oneroster_sync_runs_total counter"), "{metrics}");
+    assert!(
+        metrics.contains("# TYPE oneroster_sync_runs_total counter"),
+        "{metrics}"
+    );
 
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(5), task)

@@ -9,6 +9,7 @@ mod docs;
 mod health;
 mod migrations;
 mod network;
+mod quirks;
 mod safety;
 mod support;
 mod sync;
