@@ -67,6 +67,7 @@ fn district(sim: &SimHandle, page_size: u32, concurrency: usize) -> anyhow::Resu
         max_retries: defaults::MAX_RETRIES,
         run_timeout: defaults::RUN_TIMEOUT,
         demographics: DemographicsMode::Required,
+        journal_retention: defaults::JOURNAL_RETENTION,
         limits: Default::default(),
         demographics_limits: Default::default(),
     })

@@ -1,9 +1,12 @@
 //! A run's change set, in temporary tables of the run's own database session:
 //!
-//! - `apply_<entity>`: rows to insert or update, in their stored form, with the row hash and
-//!   the operation (`create`, `update`, `reactivate`, `delete`);
+//! - `apply_<entity>`: rows to insert or update, in their stored form, with the row hash, the
+//!   operation (`create`, `update`, `reactivate`, `delete`) and whether it counts as a change
+//!   (a reconcile or a new row-hash version rewrites rows that are none);
 //! - `del_<entity>`: ids deleted by absence or by the enrollment cascade;
-//! - `skipped`: records skipped as invalid, by entity (a reconcile must leave their rows alone).
+//! - `skipped`: records skipped as invalid, by entity (a reconcile must leave their rows alone);
+//! - `journal_rows`: the updates and deletions with what changed in each row, for the journal
+//!   (computed where the store is, see `store::journal`).
 //!
 //! The store module applies these tables, the mirror advances from them, the journal
 //! reads them; the session's end drops them. Their definition is here once, for the state
@@ -35,7 +38,9 @@ fn ddl(on_commit_drop: bool) -> String {
         ""
     };
     let mut sql = format!(
-        "CREATE TEMP TABLE skipped (entity text NOT NULL, sourced_id text NOT NULL){end};\n"
+        "CREATE TEMP TABLE skipped (entity text NOT NULL, sourced_id text NOT NULL){end};\n\
+         CREATE TEMP TABLE journal_rows (entity text NOT NULL, sourced_id text NOT NULL, \
+         operation text NOT NULL, columns text[] NOT NULL, changes jsonb){end};\n"
     );
     for entity in Entity::ALL {
         let defs = columns(entity)
@@ -44,7 +49,7 @@ fn ddl(on_commit_drop: bool) -> String {
             .collect::<Vec<_>>()
             .join(", ");
         sql.push_str(&format!(
-            "CREATE TEMP TABLE apply_{e} (sourced_id text NOT NULL, {defs}, hash bigint, op text NOT NULL){end};\n\
+            "CREATE TEMP TABLE apply_{e} (sourced_id text NOT NULL, {defs}, hash bigint, op text NOT NULL, counted boolean NOT NULL){end};\n\
              CREATE TEMP TABLE del_{e} (sourced_id text PRIMARY KEY){end};\n",
             e = entity.as_str(),
         ));
@@ -234,6 +239,45 @@ pub async fn write_rows(
     Ok(())
 }
 
+/// Copies `journal_rows` back from a store session into the state session (separate-database
+/// layout: the store computes them, the journal lives with the state).
+pub async fn journal_back(
+    store: &mut PgConnection,
+    state: &mut PgConnection,
+) -> Result<(), ChangeSetError> {
+    copy_table(store, state, "journal_rows").await
+}
+
+async fn copy_table(
+    from: &mut PgConnection,
+    to: &mut PgConnection,
+    table: &str,
+) -> Result<(), ChangeSetError> {
+    let mut sink = to
+        .copy_in_raw(&format!("COPY {table} FROM STDIN"))
+        .await
+        .map_err(db("starting a copy between the databases"))?;
+    {
+        let mut source = from
+            .copy_out_raw(&format!("COPY {table} TO STDOUT"))
+            .await
+            .map_err(db("starting a copy between the databases"))?;
+        while let Some(chunk) = source
+            .try_next()
+            .await
+            .map_err(db("reading the change set"))?
+        {
+            sink.send(chunk)
+                .await
+                .map_err(db("copying the change set between the databases"))?;
+        }
+    }
+    sink.finish()
+        .await
+        .map_err(db("finishing a copy between the databases"))?;
+    Ok(())
+}
+
 /// Copies the change set from the state session into the same tables, created for one
 /// transaction, in a store session (separate-database layout). The store session must be
 /// inside a transaction.
@@ -246,28 +290,7 @@ pub async fn transfer(
         .await
         .map_err(db("creating the change-set tables in the store session"))?;
     for table in tables() {
-        let mut sink = store
-            .copy_in_raw(&format!("COPY {table} FROM STDIN"))
-            .await
-            .map_err(db("starting the copy into the store"))?;
-        {
-            let mut source = state
-                .copy_out_raw(&format!("COPY {table} TO STDOUT"))
-                .await
-                .map_err(db("starting the copy out of the state database"))?;
-            while let Some(chunk) = source
-                .try_next()
-                .await
-                .map_err(db("reading the change set"))?
-            {
-                sink.send(chunk)
-                    .await
-                    .map_err(db("copying the change set into the store"))?;
-            }
-        }
-        sink.finish()
-            .await
-            .map_err(db("finishing the copy into the store"))?;
+        copy_table(state, store, &table).await?;
     }
     store
         .execute("CREATE INDEX ON skipped (entity, sourced_id)")

@@ -15,13 +15,17 @@ use tracing::info;
 use crate::audit;
 use crate::config::{DistrictConfig, Settings};
 use crate::db::Databases;
+use crate::domain::Entity;
 use crate::health;
 use crate::history;
+use crate::journal;
 use crate::oneroster::OneRosterClient;
 use crate::pull;
 use crate::scheduler::{self, DistrictState};
 use crate::sync::{self, Outcome, RunOptions, RunReport};
+use crate::table::Table;
 use crate::telemetry::{self, Output, error_chain};
+use crate::verify;
 
 /// Exit status of a run that failed.
 pub const EXIT_FAILED: u8 = 1;
@@ -115,12 +119,80 @@ enum Command {
     /// GET /readyz on `[daemon] listen` (for a container HEALTHCHECK): exit 0 when ready, 1
     /// otherwise.
     Healthcheck,
+    /// The district's runs, newest first: start, duration, outcome, pull, changes per entity
+    /// and operation, errors and warnings per code.
+    History {
+        #[arg(long)]
+        district: String,
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        #[arg(long, value_enum, default_value_t = TableFormat::Text)]
+        format: TableFormat,
+    },
+    /// The change journal, newest first: what each run changed (dry runs and held runs: what
+    /// they would change), record by record.
+    Changes {
+        #[arg(long)]
+        district: String,
+        /// Only this run's changes.
+        #[arg(long, conflicts_with = "since")]
+        run: Option<uuid::Uuid>,
+        /// Only changes of runs started this long ago or later (e.g. `3d`, `12h`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
+        /// Only this entity type (`users`, `classes`, `enrollments`, ...).
+        #[arg(long, value_parser = parse_entity)]
+        entity: Option<Entity>,
+        /// Only this record.
+        #[arg(long = "id")]
+        sourced_id: Option<String>,
+        #[arg(long, default_value_t = 10_000)]
+        limit: i64,
+        #[arg(long, value_enum, default_value_t = TableFormat::Text)]
+        format: TableFormat,
+    },
+    /// Every skipped and warned record of a run (default: the last) with its code and message.
+    Report {
+        #[arg(long)]
+        district: String,
+        #[arg(long)]
+        run: Option<uuid::Uuid>,
+        #[arg(long, value_enum, default_value_t = TableFormat::Text)]
+        format: TableFormat,
+    },
+    /// Drift check: the roster store against what the daemon last applied. Writes nothing;
+    /// exit 1 on drift. `--repair`: the next run pulls everything and rewrites the drifted rows
+    /// from the source.
+    Verify {
+        #[arg(long)]
+        district: String,
+        #[arg(long)]
+        repair: bool,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Format {
     Text,
     Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TableFormat {
+    Text,
+    Json,
+    Csv,
+}
+
+fn parse_entity(name: &str) -> Result<Entity, String> {
+    Entity::from_name(name).ok_or_else(|| {
+        format!(
+            "not an entity type (one of {})",
+            Entity::ALL.map(Entity::as_str).join(", ")
+        )
+    })
 }
 
 pub fn main() -> ExitCode {
@@ -234,7 +306,314 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
             let dbs = databases(&settings).await?;
             approve(&dbs, &id, fingerprint.as_deref(), format).await
         }
+        Command::History {
+            district: id,
+            limit,
+            format,
+        } => {
+            known(&settings, &id)?;
+            let dbs = databases(&settings).await?;
+            let runs = history::runs(&dbs.state, Some(&id), limit).await?;
+            print_table(&history_table(&runs), format)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Changes {
+            district: id,
+            run,
+            since,
+            entity,
+            sourced_id,
+            limit,
+            format,
+        } => {
+            known(&settings, &id)?;
+            let dbs = databases(&settings).await?;
+            let filter = journal::Filter {
+                run,
+                since: since.map(|d| {
+                    chrono::Utc::now() - chrono::Duration::from_std(d).unwrap_or_default()
+                }),
+                entity,
+                sourced_id,
+                limit,
+            };
+            let changes = journal::changes(&dbs.state, &id, &filter).await?;
+            print_table(&changes_table(&changes), format)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Report {
+            district: id,
+            run,
+            format,
+        } => {
+            known(&settings, &id)?;
+            let dbs = databases(&settings).await?;
+            let Some(row) = history::run(&dbs.state, &id, run).await? else {
+                bail!("district {id} has no such run in the history");
+            };
+            let findings = history::findings(&dbs.state, row.run_id).await?;
+            if format == TableFormat::Text {
+                println!(
+                    "run {} of district {id}: {} at {}, {} findings",
+                    row.run_id,
+                    row.outcome,
+                    row.started_at.to_rfc3339(),
+                    findings.len()
+                );
+            }
+            print_table(&report_table(row.run_id, &findings), format)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify {
+            district: id,
+            repair,
+            format,
+        } => {
+            known(&settings, &id)?;
+            let dbs = databases(&settings).await?;
+            verify_district(&dbs, &id, repair, format).await
+        }
     }
+}
+
+fn known(settings: &Settings, id: &str) -> anyhow::Result<()> {
+    if settings.district(id).is_none() {
+        bail!("no district with id {id:?} in the configuration");
+    }
+    Ok(())
+}
+
+fn print_table(table: &Table, format: TableFormat) -> anyhow::Result<()> {
+    match format {
+        TableFormat::Text => print!("{}", table.text()),
+        TableFormat::Json => print_json(&table.json())?,
+        TableFormat::Csv => print!("{}", table.csv().context("writing CSV")?),
+    }
+    Ok(())
+}
+
+fn history_table(runs: &[history::RunRow]) -> Table {
+    use serde_json::{Value, json};
+    let mut t = Table::with_details(
+        &[
+            "started_at",
+            "duration_s",
+            "outcome",
+            "pull",
+            "changes",
+            "errors",
+            "warnings",
+            "findings",
+            "run_id",
+        ],
+        &[
+            "dry_run",
+            "pull_reason",
+            "counts",
+            "findings_by_code",
+            "error",
+        ],
+    );
+    for r in runs {
+        let counts = &r.counts.0;
+        let mut changes = Vec::new();
+        for entity in Entity::ALL {
+            let c = &counts[entity.as_str()];
+            let n = |op: &str| c[op].as_i64().unwrap_or(0);
+            let parts: Vec<String> = [
+                ("+", n("created")),
+                ("~", n("updated") + n("reactivated")),
+                ("-", n("deleted")),
+            ]
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(sign, n)| format!("{sign}{n}"))
+            .collect();
+            if !parts.is_empty() {
+                changes.push(format!("{} {}", entity.as_str(), parts.join(" ")));
+            }
+        }
+        let findings = r.findings.0.as_array().cloned().unwrap_or_default();
+        let (mut errors, mut warnings) = (0, 0);
+        let mut by_code = serde_json::Map::new();
+        for f in &findings {
+            let n = f["count"].as_i64().unwrap_or(0);
+            match f["severity"].as_str() {
+                Some("error") => errors += n,
+                _ => warnings += n,
+            }
+            let code = f["code"].as_str().unwrap_or_default().to_owned();
+            let total = by_code.get(&code).and_then(Value::as_i64).unwrap_or(0) + n;
+            by_code.insert(code, json!(total));
+        }
+        let short: Vec<String> = by_code.iter().map(|(c, n)| format!("{c}={n}")).collect();
+        let duration = r
+            .finished_at
+            .map(|f| ((f - r.started_at).num_milliseconds() as f64 / 1000.0).to_string());
+        let mut outcome = r.outcome.clone();
+        if r.dry_run && outcome != "dry_run" {
+            outcome.push_str(" (dry run)");
+        }
+        t.push(vec![
+            json!(
+                r.started_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+            duration.map_or(Value::Null, |d| json!(d.parse::<f64>().unwrap_or(0.0))),
+            json!(outcome),
+            json!(r.pull),
+            json!(changes.join(", ")),
+            json!(errors),
+            json!(warnings),
+            json!(short.join(" ")),
+            json!(r.run_id),
+            json!(r.dry_run),
+            json!(r.pull_reason),
+            r.counts.0.clone(),
+            Value::Object(by_code),
+            json!(r.error),
+        ]);
+    }
+    t
+}
+
+fn changes_table(changes: &[journal::Change]) -> Table {
+    use serde_json::{Value, json};
+    let mut t = Table::with_details(
+        &[
+            "run_started_at",
+            "mode",
+            "entity",
+            "sourced_id",
+            "operation",
+            "columns",
+            "changes",
+        ],
+        &["run_id", "values"],
+    );
+    for c in changes {
+        let values = c.changes.as_ref().map(|v| v.0.clone());
+        // "email: a -> b; status: active -> deleted", demographics by name only.
+        let shown: Vec<String> = c
+            .columns
+            .iter()
+            .map(|col| match values.as_ref().and_then(|v| v.get(col)) {
+                Some(Value::Array(pair)) if pair.len() == 2 => {
+                    let side = |v: &Value| match v {
+                        Value::Null => "NULL".to_owned(),
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    format!("{col}: {} -> {}", side(&pair[0]), side(&pair[1]))
+                }
+                _ => col.clone(),
+            })
+            .collect();
+        t.push(vec![
+            json!(
+                c.run_started_at
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            ),
+            json!(c.mode),
+            json!(c.entity),
+            json!(c.sourced_id),
+            json!(c.operation),
+            json!(c.columns.join(",")),
+            json!(shown.join("; ")),
+            json!(c.run_id),
+            values.unwrap_or(Value::Null),
+        ]);
+    }
+    t
+}
+
+fn report_table(run_id: uuid::Uuid, findings: &[history::FindingRow]) -> Table {
+    use serde_json::json;
+    let mut t = Table::with_details(
+        &["severity", "code", "entity", "sourced_id", "message"],
+        &["run_id"],
+    );
+    for f in findings {
+        t.push(vec![
+            json!(f.severity),
+            json!(f.code),
+            json!(f.entity),
+            json!(f.sourced_id),
+            json!(f.message),
+            json!(run_id),
+        ]);
+    }
+    t
+}
+
+/// `verify`: exit 0 without drift, 1 with.
+async fn verify_district(
+    dbs: &Databases,
+    district: &str,
+    repair: bool,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
+    let drift = verify::check(dbs, district).await?;
+    let marked = if repair && drift.total() > 0 {
+        Some(verify::repair(dbs, &drift).await?)
+    } else {
+        None
+    };
+    match format {
+        Format::Json => {
+            let mut doc = serde_json::to_value(&drift)?;
+            doc["drifted"] = serde_json::json!(drift.total());
+            doc["repair_marked"] = serde_json::json!(marked);
+            print_json(&doc)?;
+        }
+        Format::Text => {
+            if drift.total() == 0 {
+                println!(
+                    "district {district}: no drift: the roster store holds what the daemon last applied"
+                );
+            } else {
+                println!(
+                    "district {district}: DRIFT: {} rows changed, {} missing, {} added in the roster store since the daemon applied them",
+                    drift.count("changed"),
+                    drift.count("missing"),
+                    drift.count("added")
+                );
+                for (entity, d) in &drift.entities {
+                    if d.total() == 0 {
+                        continue;
+                    }
+                    println!(
+                        "  {:<18} changed {:>6} missing {:>6} added {:>6}",
+                        entity.as_str(),
+                        d.changed,
+                        d.missing,
+                        d.added
+                    );
+                    for (kind, ids) in &d.samples {
+                        println!("    {kind}: {}", ids.join(", "));
+                    }
+                }
+                match marked {
+                    Some(n) => println!(
+                        "repair: {n} rows marked; the district's next run pulls everything and rewrites them from the source (judged by the safety limits)"
+                    ),
+                    None => {
+                        println!("to repair: oneroster-sync verify --district {district} --repair")
+                    }
+                }
+            }
+            if drift.statuses_only {
+                println!(
+                    "note: the mirror's row hashes are of an older version: only statuses were compared (the next run rewrites them)"
+                );
+            }
+        }
+    }
+    Ok(if drift.total() == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    })
 }
 
 /// The daemon's databases, migrated (every command that uses them migrates first).

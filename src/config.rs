@@ -36,6 +36,8 @@ pub mod defaults {
     pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
     pub const MAX_RETRIES: u32 = 6;
     pub const RUN_TIMEOUT: Duration = Duration::from_secs(4 * 60 * 60);
+    /// How long the change journal keeps a district's rows (the daemon prunes it).
+    pub const JOURNAL_RETENTION: Duration = Duration::from_secs(30 * 24 * 60 * 60);
     pub const DEMOGRAPHICS: super::DemographicsMode = super::DemographicsMode::Required;
     /// More than this share of the users holding demographics losing them holds the run
     /// (a change of sharing, more often than of the roster).
@@ -341,6 +343,7 @@ pub struct DistrictConfig {
     pub max_retries: u32,
     pub run_timeout: Duration,
     pub demographics: DemographicsMode,
+    pub journal_retention: Duration,
     /// Safety limits per entity type (every type has an entry).
     pub limits: BTreeMap<Entity, SafetyLimits>,
     pub demographics_limits: DemographicsLimits,
@@ -544,6 +547,7 @@ struct RawDistrict {
     max_retries: Option<i64>,
     run_timeout: Option<String>,
     demographics: Option<RawDemographics>,
+    journal_retention: Option<String>,
     max_demographics_clear_percent: Option<f64>,
     max_demographics_clear_count: Option<i64>,
     pause: Option<Vec<String>>,
@@ -903,6 +907,7 @@ impl Settings {
                 put("max_retries", d.max_retries.to_string());
                 put("run_timeout", h(d.run_timeout));
                 put("demographics", d.demographics.as_str().to_owned());
+                put("journal_retention", h(d.journal_retention));
                 put(
                     "demographics_limits",
                     format!(
@@ -1488,6 +1493,12 @@ fn parse_district(
             defaults::RUN_TIMEOUT,
         )?,
         demographics: demographics_mode(&scope, raw.demographics.take())?,
+        journal_retention: duration(
+            &scope,
+            "journal_retention",
+            raw.journal_retention.take(),
+            defaults::JOURNAL_RETENTION,
+        )?,
         limits: safety_limits(&scope, &raw_limits, raw_overrides)?,
         demographics_limits: demographics_limits(
             &scope,

@@ -63,6 +63,14 @@ struct Metrics {
     durations: BTreeMap<String, Histogram>,
     /// district -> (OneRoster requests, seconds spent on them)
     fetches: BTreeMap<String, (u64, f64)>,
+    /// (district, code, severity) -> findings
+    findings: BTreeMap<(String, &'static str, &'static str), u64>,
+    /// district -> journal rows written
+    journaled: BTreeMap<String, u64>,
+    /// district -> rows drifted at the last check
+    drifted: BTreeMap<String, u64>,
+    /// district -> held change sets pending (0 or 1)
+    held: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Default)]
@@ -107,12 +115,19 @@ impl Monitor {
         district: &str,
         last_success_at: Option<DateTime<Utc>>,
         consecutive_failures: i64,
+        held: bool,
     ) {
         let mut m = self.lock();
         if let Some(at) = last_success_at {
             m.last_success.insert(district.to_owned(), at.timestamp());
         }
         m.failures.insert(district.to_owned(), consecutive_failures);
+        m.held.insert(district.to_owned(), u64::from(held));
+    }
+
+    /// Rows the last drift check found drifted.
+    pub fn set_drift(&self, district: &str, rows: u64) {
+        self.lock().drifted.insert(district.to_owned(), rows);
     }
 
     /// Counts one finished run.
@@ -153,6 +168,19 @@ impl Monitor {
         let f = m.fetches.entry(report.district.clone()).or_default();
         f.0 += report.fetch.requests;
         f.1 += report.fetch.request_ms as f64 / 1000.0;
+        for c in report.findings.entries() {
+            *m.findings
+                .entry((
+                    report.district.clone(),
+                    c.code.as_str(),
+                    c.severity.as_str(),
+                ))
+                .or_default() += c.count;
+        }
+        *m.journaled.entry(report.district.clone()).or_default() += report.journaled;
+        if report.outcome == Outcome::Held {
+            m.held.insert(report.district.clone(), 1);
+        }
     }
 
     /// The Prometheus text exposition (format 0.0.4).
@@ -227,6 +255,42 @@ impl Monitor {
                 out,
                 "oneroster_sync_run_duration_seconds_count{{district=\"{d}\"}} {}",
                 h.count
+            );
+        }
+        out.push_str("# HELP oneroster_sync_findings_total Findings by district, code and severity (error: record skipped; warning: stored).\n");
+        out.push_str("# TYPE oneroster_sync_findings_total counter\n");
+        for ((district, code, severity), n) in &m.findings {
+            let _ = writeln!(
+                out,
+                "oneroster_sync_findings_total{{district=\"{}\",code=\"{code}\",severity=\"{severity}\"}} {n}",
+                label(district)
+            );
+        }
+        out.push_str("# HELP oneroster_sync_journal_rows_total Change-journal rows written.\n");
+        out.push_str("# TYPE oneroster_sync_journal_rows_total counter\n");
+        for (district, n) in &m.journaled {
+            let _ = writeln!(
+                out,
+                "oneroster_sync_journal_rows_total{{district=\"{}\"}} {n}",
+                label(district)
+            );
+        }
+        out.push_str("# HELP oneroster_sync_drifted_rows Rows of the roster store the last drift check found changed, missing or added by someone else.\n");
+        out.push_str("# TYPE oneroster_sync_drifted_rows gauge\n");
+        for (district, n) in &m.drifted {
+            let _ = writeln!(
+                out,
+                "oneroster_sync_drifted_rows{{district=\"{}\"}} {n}",
+                label(district)
+            );
+        }
+        out.push_str("# HELP oneroster_sync_held_change_sets Change sets held by a safety limit, waiting for approval.\n");
+        out.push_str("# TYPE oneroster_sync_held_change_sets gauge\n");
+        for (district, n) in &m.held {
+            let _ = writeln!(
+                out,
+                "oneroster_sync_held_change_sets{{district=\"{}\"}} {n}",
+                label(district)
             );
         }
         out.push_str("# HELP oneroster_sync_fetch_duration_seconds Time per OneRoster request (sending, waiting, reading and parsing a page; retries count as requests).\n");
@@ -410,6 +474,7 @@ mod tests {
             hold: None,
             phases_ms: Default::default(),
             fetch: oneroster_sync_fetch(ms),
+            journaled: 0,
             error: None,
         }
     }

@@ -111,6 +111,8 @@ pub struct RunReport {
     pub phases_ms: BTreeMap<&'static str, u64>,
     /// OneRoster requests made (retries included) and the time spent on them.
     pub fetch: FetchStats,
+    /// Change-journal rows written (for a dry run or a held set: what it would change).
+    pub journaled: u64,
     pub error: Option<String>,
 }
 
@@ -153,11 +155,14 @@ pub struct DistrictState {
     /// A change set is held: runs pull everything until it is applied or superseded, so the
     /// approved set can come back exactly as it was held.
     pub holding: bool,
+    /// A drift repair asked for a full pull.
+    pub full_pull_requested: bool,
 }
 
 pub async fn district_state(state: &PgPool, district: &str) -> Result<DistrictState> {
     let row: Option<DistrictState> = sqlx::query_as(
         "SELECT pending_run_id, last_full_pull_at, delta_watermark, hash_version, upstream_counts,
+                full_pull_requested,
                 EXISTS (SELECT 1 FROM sync.held_change_sets h
                         WHERE h.district_id = d.district_id AND h.released_at IS NULL) AS holding
          FROM sync.districts d WHERE district_id = $1",
@@ -224,7 +229,7 @@ pub async fn record_finish(state: &PgPool, report: &RunReport) -> Result<()> {
     .unwrap_or_default();
     sqlx::query(
         "UPDATE sync.runs SET finished_at = $2, outcome = $3, revision = $4, counts = $5, findings = $6,
-             error = $7, full_pull = $8, pull = $9, pull_reason = $10, changes = $11
+             error = $7, full_pull = $8, pull = $9, pull_reason = $10, changes = $11, journaled = $12
          WHERE run_id = $1",
     )
     .bind(report.run_id)
@@ -238,6 +243,7 @@ pub async fn record_finish(state: &PgPool, report: &RunReport) -> Result<()> {
     .bind(report.pull.as_str())
     .bind(&report.pull_reason)
     .bind(samples)
+    .bind(i64::try_from(report.journaled).unwrap_or(i64::MAX))
     .execute(state)
     .await
     .map_err(db("recording the run outcome"))?;
@@ -323,6 +329,7 @@ pub async fn mark_success(state: &PgPool, district: &str, s: Success<'_>) -> Res
              delta_watermark = CASE WHEN $3 THEN coalesce($4, delta_watermark)
                                     ELSE greatest(delta_watermark, $4) END,
              upstream_counts = coalesce($6, upstream_counts),
+             full_pull_requested = full_pull_requested AND NOT $3,
              last_revision = $2, consecutive_failures = 0
          WHERE district_id = $1",
     )
@@ -335,6 +342,17 @@ pub async fn mark_success(state: &PgPool, district: &str, s: Success<'_>) -> Res
     .execute(state)
     .await
     .map_err(db("recording the district's success"))?;
+    Ok(())
+}
+
+/// A drift repair: the district's next run pulls everything (cleared by a full pull's success).
+pub async fn request_full_pull(state: &PgPool, district: &str) -> Result<()> {
+    register(state, district).await?;
+    sqlx::query("UPDATE sync.districts SET full_pull_requested = true WHERE district_id = $1")
+        .bind(district)
+        .execute(state)
+        .await
+        .map_err(db("asking for a full pull"))?;
     Ok(())
 }
 
@@ -748,4 +766,43 @@ pub async fn runs(state: &PgPool, district: Option<&str>, limit: i64) -> Result<
     .fetch_all(state)
     .await
     .map_err(db("reading the run history"))
+}
+
+/// A run of the district: this one, or (`None`) the latest.
+pub async fn run(state: &PgPool, district: &str, run_id: Option<Uuid>) -> Result<Option<RunRow>> {
+    sqlx::query_as(
+        "SELECT run_id, district_id, started_at, finished_at, outcome, dry_run,
+                coalesce(pull, CASE WHEN full_pull THEN 'full' ELSE 'delta' END) AS pull,
+                pull_reason, revision, counts, findings, error
+         FROM sync.runs
+         WHERE district_id = $1 AND ($2::uuid IS NULL OR run_id = $2)
+         ORDER BY started_at DESC LIMIT 1",
+    )
+    .bind(district)
+    .bind(run_id)
+    .fetch_optional(state)
+    .await
+    .map_err(db("reading the run history"))
+}
+
+/// One finding of a run, as `report` lists it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct FindingRow {
+    pub severity: String,
+    pub code: String,
+    pub entity: String,
+    pub sourced_id: String,
+    pub message: String,
+}
+
+/// Every finding of a run: errors first, then by code, collection and `sourcedId`.
+pub async fn findings(state: &PgPool, run_id: Uuid) -> Result<Vec<FindingRow>> {
+    sqlx::query_as(
+        "SELECT severity, code, entity, sourced_id, message FROM sync.run_findings
+         WHERE run_id = $1 ORDER BY severity, code, entity, sourced_id",
+    )
+    .bind(run_id)
+    .fetch_all(state)
+    .await
+    .map_err(db("reading the run's findings"))
 }

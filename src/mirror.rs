@@ -236,31 +236,38 @@ pub async fn rows(
 }
 
 /// Repair: the mirror rows of these ids no longer match anything the source will send (a
-/// hash no row has), so the next full pull writes them again and counts them as updates; ids
-/// the mirror lacks (rows someone added to the store) are entered as active, so that pull
-/// either updates them or deletes them by absence.
+/// hash no row has), so the next full pull writes them again and counts them as changes. Each
+/// takes the status the store holds (`Some`), so the change is judged against what the store
+/// shows; a row the store lacks (`None`) keeps the mirror's. Ids the mirror lacks (rows someone
+/// added to the store) are entered, so that pull either updates them or deletes them by
+/// absence.
 pub async fn mark_drifted(
     conn: &mut PgConnection,
     district: &str,
     entity: Entity,
-    ids: &[String],
+    rows: &[(&str, Option<&str>)],
 ) -> Result<u64, MirrorError> {
-    if ids.is_empty() {
+    if rows.is_empty() {
         return Ok(0);
     }
+    let ids: Vec<&str> = rows.iter().map(|(id, _)| *id).collect();
+    let statuses: Vec<Option<&str>> = rows.iter().map(|(_, s)| *s).collect();
     let (cols, vals) = if entity == Entity::Enrollments {
         (", user_sourced_id, class_sourced_id", ", '', ''")
     } else {
         ("", "")
     };
     let done = sqlx::query(sql!(
-        "INSERT INTO sync.mirror_{e} (district_id, sourced_id, status, hash{cols})
-         SELECT $1, unnest($2::text[]), 'active', {DRIFTED}{vals}
-         ON CONFLICT (district_id, sourced_id) DO UPDATE SET hash = {DRIFTED}",
+        "INSERT INTO sync.mirror_{e} AS m (district_id, sourced_id, status, hash{cols})
+         SELECT $1, r.id, coalesce(r.status, 'active'), {DRIFTED}{vals}
+         FROM unnest($2::text[], $3::text[]) AS r(id, status)
+         ON CONFLICT (district_id, sourced_id) DO UPDATE
+         SET hash = {DRIFTED}, status = coalesce(EXCLUDED.status, m.status)",
         e = entity.as_str()
     ))
     .bind(district)
-    .bind(ids)
+    .bind(&ids)
+    .bind(&statuses)
     .execute(&mut *conn)
     .await
     .map_err(db("marking drifted rows in the mirror"))?;

@@ -25,7 +25,9 @@ use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::history::{self, HistoryError};
+use crate::journal;
 use crate::telemetry::error_chain;
+use crate::verify;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -127,6 +129,8 @@ pub struct DistrictView {
     pub next_run_at: Option<DateTime<Utc>>,
     /// The replica holding a live lease (running it now), if any.
     pub leased_by: Option<String>,
+    /// A change set of the district is held, waiting for approval.
+    pub held: bool,
 }
 
 /// The state of every configured district as the database (and the calendar) tells it.
@@ -135,6 +139,12 @@ pub async fn district_views(
     settings: &Settings,
 ) -> Result<Vec<DistrictView>, SchedulerError> {
     let mut by_id = history::schedule(state_db).await.map_err(hist("(all)"))?;
+    let held: std::collections::HashSet<String> = history::all_pending(state_db)
+        .await
+        .map_err(hist("(all)"))?
+        .into_iter()
+        .map(|h| h.district)
+        .collect();
     let today = Utc::now().date_naive();
     let quarantine_after = i64::from(settings.daemon.quarantine_after);
     Ok(settings
@@ -167,6 +177,7 @@ pub async fn district_views(
                 consecutive_failures: failures,
                 next_run_at,
                 leased_by,
+                held: held.contains(&d.id),
             }
         })
         .collect())
@@ -478,7 +489,7 @@ async fn heartbeat(ctx: &Ctx, settings: &Settings, log: bool) {
     };
     for v in views.iter().filter(|v| v.state != DistrictState::Disabled) {
         ctx.monitor
-            .set_district(&v.id, v.last_success_at, v.consecutive_failures);
+            .set_district(&v.id, v.last_success_at, v.consecutive_failures, v.held);
         if !log {
             continue;
         }
@@ -607,6 +618,7 @@ async fn cycle(
     ctx.set_local(&d.id, |l| l.running = false);
     lock.release().await;
     ctx.monitor.record_run(&report);
+    after_run(ctx, d, &report).await;
 
     let failures = history::consecutive_failures(&ctx.dbs.state, &d.id)
         .await
@@ -639,8 +651,40 @@ async fn cycle(
         &d.id,
         (report.outcome != Outcome::Failed).then_some(report.finished_at),
         failures,
+        report.outcome == Outcome::Held,
     );
     Ok(next)
+}
+
+/// Housekeeping after a run: the journal past its retention goes; after a full pull that
+/// succeeded, the drift check, with one warning line when the store drifted.
+async fn after_run(ctx: &Ctx, d: &DistrictConfig, report: &sync::RunReport) {
+    match journal::prune(&ctx.dbs.state, &d.id, d.journal_retention).await {
+        Ok(0) => {}
+        Ok(n) => debug!(district = %d.id, rows = n, "journal rows past journal_retention pruned"),
+        Err(e) => warn!(district = %d.id, error = %error_chain(&e), "could not prune the journal"),
+    }
+    let checked = report.pull == sync::PullKind::Full
+        && matches!(report.outcome, Outcome::Applied | Outcome::NothingToDo);
+    if !checked {
+        return;
+    }
+    match verify::check(&ctx.dbs, &d.id).await {
+        Ok(drift) => {
+            ctx.monitor.set_drift(&d.id, drift.total());
+            if drift.total() > 0 {
+                warn!(
+                    district = %d.id,
+                    changed = drift.count("changed"),
+                    missing = drift.count("missing"),
+                    added = drift.count("added"),
+                    repair_with = %format!("oneroster-sync verify --district {} --repair", d.id),
+                    "drift: the roster store differs from what the daemon last applied (someone else wrote to it)"
+                );
+            }
+        }
+        Err(e) => warn!(district = %d.id, error = %error_chain(&e), "the drift check failed"),
+    }
 }
 
 struct Claim {

@@ -417,7 +417,8 @@ impl Snapshot {
             return Some(row);
         };
         use std::io::Write as _;
-        let _ = writeln!(self.lines, "\t{hash}\t{}", write.op.as_str());
+        let counted = if write.counted { 't' } else { 'f' };
+        let _ = writeln!(self.lines, "\t{hash}\t{}\t{counted}", write.op.as_str());
         self.touched.insert(entity);
         if write.counted {
             self.tally.count(entity, write.op, row.sourced_id());

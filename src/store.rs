@@ -29,7 +29,7 @@ use sqlx::{PgConnection, PgPool, Row};
 use crate::changeset;
 use crate::db::{copy_out_lines, quote_literal};
 use crate::domain::{Demo, Entity, Status, User};
-use crate::stored::{column_list, columns};
+use crate::stored::{DEMOGRAPHIC_COLUMNS, column_list, columns};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -95,6 +95,55 @@ pub async fn apply(
         .execute(&mut *conn)
         .await
         .map_err(db("soft-deleting rows"))?;
+    }
+    Ok(())
+}
+
+/// Fills the change set's `journal_rows` with its updates and deletions (`touched` entities)
+/// and what changed in each row: the names of the changed columns and, demographics excepted,
+/// their old (as stored) and new values. Runs before [`apply`], on the same session.
+pub async fn journal(
+    conn: &mut PgConnection,
+    district: &str,
+    touched: &BTreeSet<Entity>,
+) -> Result<(), StoreError> {
+    for &entity in touched {
+        let e = entity.as_str();
+        let changed = |name: &str| format!("t.{name} IS DISTINCT FROM a.{name}");
+        let names = columns(entity)
+            .iter()
+            .map(|c| format!("CASE WHEN {} THEN '{}' END", changed(c.name), c.name))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let values = columns(entity)
+            .iter()
+            .filter(|c| !DEMOGRAPHIC_COLUMNS.contains(&c.name))
+            .map(|c| {
+                format!(
+                    "'{0}', CASE WHEN {1} THEN jsonb_build_array(t.{0}, a.{0}) END",
+                    c.name,
+                    changed(c.name)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        sqlx::query(sql!(
+            "INSERT INTO journal_rows (entity, sourced_id, operation, columns, changes)
+             SELECT '{e}', a.sourced_id,
+                    CASE a.op WHEN 'update' THEN 'updated' WHEN 'delete' THEN 'deleted' ELSE 'reactivated' END,
+                    array_remove(ARRAY[{names}]::text[], NULL),
+                    jsonb_strip_nulls(jsonb_build_object({values}))
+             FROM apply_{e} a LEFT JOIN roster.{e} t ON t.district_id = $1 AND t.sourced_id = a.sourced_id
+             WHERE a.counted AND a.op <> 'create'
+             UNION ALL
+             SELECT '{e}', d.sourced_id, 'deleted', ARRAY['status'],
+                    jsonb_build_object('status', jsonb_build_array(t.status, 'deleted'))
+             FROM del_{e} d LEFT JOIN roster.{e} t ON t.district_id = $1 AND t.sourced_id = d.sourced_id"
+        ))
+        .bind(district)
+        .execute(&mut *conn)
+        .await
+        .map_err(db("journaling the change set"))?;
     }
     Ok(())
 }

@@ -21,6 +21,7 @@ use crate::db::{Databases, DbError};
 use crate::diff::{ChangeCounts, HASH_VERSION, Samples};
 use crate::domain::{Entity, Finding, FindingSummary, Severity};
 use crate::history::{self, DistrictState, HistoryError, Success};
+use crate::journal::{self, JournalError};
 use crate::mirror::{self, MirrorError};
 use crate::oneroster::{FetchError, OneRosterClient};
 use crate::pull::{self, Flow, Pull, PullError, Stage};
@@ -62,6 +63,8 @@ pub enum SyncError {
     Store(#[from] StoreError),
     #[error(transparent)]
     History(#[from] HistoryError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
     #[error(transparent)]
     Db(#[from] DbError),
     #[error("database error while {doing}: {source}")]
@@ -144,6 +147,8 @@ struct Run<'a> {
     watermark: Option<DateTime<Utc>>,
     /// The district's upstream counts if the run succeeds (see `history`).
     upstream_counts: Option<BTreeMap<String, i64>>,
+    /// Journal rows written.
+    journaled: u64,
 }
 
 /// What a pull delivered.
@@ -185,6 +190,7 @@ impl<'a> Run<'a> {
             pull_reason: None,
             watermark: None,
             upstream_counts: None,
+            journaled: 0,
         }
     }
 
@@ -277,8 +283,14 @@ impl<'a> Run<'a> {
         let over_limits = hold.is_some();
         self.hold = hold;
         match verdict {
-            Verdict::DryRun => return Ok(Outcome::DryRun),
+            Verdict::DryRun => {
+                self.journal_unapplied(session, &snapshot.touched, journal::Mode::DryRun)
+                    .await?;
+                return Ok(Outcome::DryRun);
+            }
             Verdict::Hold => {
+                self.journal_unapplied(session, &snapshot.touched, journal::Mode::Held)
+                    .await?;
                 self.hold_change_set().await?;
                 return Ok(Outcome::Held);
             }
@@ -299,13 +311,23 @@ impl<'a> Run<'a> {
 
         let phase = Instant::now();
         if self.dbs.store_is_separate {
-            self.apply_separate(session, &snapshot.touched, reconcile)
+            self.journaled = self
+                .apply_separate(session, &snapshot.touched, reconcile)
                 .await?;
         } else {
             let mut tx = session
                 .begin()
                 .await
                 .map_err(db("starting the apply transaction"))?;
+            store::journal(&mut tx, &self.district.id, &snapshot.touched).await?;
+            self.journaled = journal::record(
+                &mut tx,
+                &self.district.id,
+                self.run_id,
+                journal::Mode::Applied,
+                snapshot.touched.iter().copied(),
+            )
+            .await?;
             store::apply(&mut tx, &self.district.id, &snapshot.touched).await?;
             mirror::advance(&mut tx, &self.district.id, &snapshot.touched).await?;
             history::set_hash_version(&mut tx, &self.district.id, HASH_VERSION).await?;
@@ -723,7 +745,7 @@ impl<'a> Run<'a> {
         session: &mut PgConnection,
         touched: &std::collections::BTreeSet<Entity>,
         reconcile: bool,
-    ) -> Result<(), SyncError> {
+    ) -> Result<u64, SyncError> {
         let district = &self.district.id;
         history::mark_pending(session, district, self.run_id).await?;
         let mut store_session = self.dbs.store_session().await?;
@@ -733,6 +755,9 @@ impl<'a> Run<'a> {
                 .await
                 .map_err(db("starting the store transaction"))?;
             changeset::transfer(session, &mut tx).await?;
+            // The old values are the store's: the journal's rows are computed there.
+            store::journal(&mut tx, district, touched).await?;
+            changeset::journal_back(&mut tx, session).await?;
             store::apply(&mut tx, district, touched).await?;
             let gone = if reconcile {
                 store::reconcile_absent(&mut tx, district).await?
@@ -752,6 +777,14 @@ impl<'a> Run<'a> {
             .begin()
             .await
             .map_err(db("starting the mirror transaction"))?;
+        let journaled = journal::record(
+            &mut tx,
+            district,
+            self.run_id,
+            journal::Mode::Applied,
+            touched.iter().copied(),
+        )
+        .await?;
         let mut touched = touched.clone();
         for (entity, ids) in gone {
             if ids.is_empty() {
@@ -766,6 +799,47 @@ impl<'a> Run<'a> {
         tx.commit()
             .await
             .map_err(db("committing the mirror transaction"))?;
+        Ok(journaled)
+    }
+
+    /// Journals what a change set would change without applying it (a dry run, a held set).
+    async fn journal_unapplied(
+        &mut self,
+        session: &mut PgConnection,
+        touched: &std::collections::BTreeSet<Entity>,
+        mode: journal::Mode,
+    ) -> Result<(), SyncError> {
+        let district = &self.district.id;
+        if self.dbs.store_is_separate {
+            let mut store_session = self.dbs.store_session().await?;
+            let computed: Result<(), SyncError> = async {
+                let mut tx = store_session
+                    .begin()
+                    .await
+                    .map_err(db("starting the store transaction"))?;
+                changeset::transfer(session, &mut tx).await?;
+                store::journal(&mut tx, district, touched).await?;
+                changeset::journal_back(&mut tx, session).await?;
+                // Nothing of it stays in the store.
+                tx.rollback()
+                    .await
+                    .map_err(db("ending the store transaction"))?;
+                Ok(())
+            }
+            .await;
+            let _ = store_session.close().await;
+            computed?;
+        } else {
+            store::journal(session, district, touched).await?;
+        }
+        self.journaled = journal::record(
+            session,
+            district,
+            self.run_id,
+            mode,
+            touched.iter().copied(),
+        )
+        .await?;
         Ok(())
     }
 
@@ -792,6 +866,7 @@ impl<'a> Run<'a> {
                 .map(|(k, v)| (*k, v.as_millis() as u64))
                 .collect(),
             fetch: self.fetch,
+            journaled: self.journaled,
             error,
         }
     }
@@ -830,6 +905,9 @@ fn delta_since(
     }
     if state.holding {
         return Err("a change set is held for approval");
+    }
+    if state.full_pull_requested {
+        return Err("a drift repair asked for a full pull");
     }
     let (Some(last_full), Some(watermark), Some(_)) = (
         state.last_full_pull_at,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use oneroster_sim::{Counts, Faults, SimConfig, SimHandle, spawn, spawn_on};
-use oneroster_sync::config::{AuthConfig, DemographicsMode, DistrictConfig};
+use oneroster_sync::config::{AuthConfig, DemographicsMode, DistrictConfig, defaults};
 use oneroster_sync::oneroster::wire;
 use oneroster_sync::oneroster::{
     DEMOGRAPHICS_FIELDS, FetchError, OneRosterClient, Page, PullQuery, WireRecord,
@@ -49,6 +49,7 @@ fn district(sim: &SimHandle, auth: AuthConfig) -> DistrictConfig {
         max_retries: 3,
         run_timeout: Duration::from_secs(60),
         demographics: DemographicsMode::Required,
+        journal_retention: defaults::JOURNAL_RETENTION,
         demographics_limits: Default::default(),
         limits: Default::default(),
     }

@@ -7,6 +7,7 @@ mod daemon;
 mod delta;
 mod docs;
 mod health;
+mod journal;
 mod migrations;
 mod network;
 mod quirks;
