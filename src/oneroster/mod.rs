@@ -619,6 +619,31 @@ fn check_page(
     Ok(PageMeta { total, revision })
 }
 
+/// What a page body came to, for code outside the client that reads page bodies directly (the
+/// property tests and the fuzz target): the records, the unreadable ones by id, or why the
+/// body is no page (`retryable`: it ends early, as a cut connection leaves it).
+pub fn read_page<T: WireRecord>(body: &[u8]) -> Result<(Vec<T>, Vec<Finding>), PageError> {
+    match parse_page::<T>(body, T::ENDPOINT) {
+        Ok((records, unreadable, _)) => Ok((records, unreadable)),
+        Err(PageShapeError::Truncated(detail)) => Err(PageError {
+            retryable: true,
+            detail,
+        }),
+        Err(PageShapeError::Shape(detail)) => Err(PageError {
+            retryable: false,
+            detail,
+        }),
+    }
+}
+
+/// A page body that is not a page.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{detail}")]
+pub struct PageError {
+    pub retryable: bool,
+    pub detail: String,
+}
+
 enum PageShapeError {
     /// Not JSON or cut short: usually a network fault, worth a retry.
     Truncated(String),

@@ -6,6 +6,7 @@ mod config;
 mod daemon;
 mod delta;
 mod docs;
+mod fuzz;
 mod health;
 mod journal;
 mod migrations;
