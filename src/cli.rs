@@ -280,7 +280,8 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
             sync_district(&dbs, &district, dry_run, delta, format).await
         }
         Command::Run => {
-            let dbs = databases(&settings).await?;
+            // The daemon waits for its database (see `scheduler::run`).
+            let dbs = Databases::lazy(&settings)?;
             let shutdown = CancellationToken::new();
             let on_signal = shutdown.clone();
             tokio::spawn(async move {

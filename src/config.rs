@@ -25,6 +25,8 @@ pub mod defaults {
     use std::time::Duration;
 
     pub const LOG_LEVEL: &str = "info";
+    /// `[database]` / `[store]`: one connection attempt.
+    pub const DATABASE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
     pub const INTERVAL: Duration = Duration::from_secs(60 * 60);
     pub const FULL_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
     pub const DELTA_OVERLAP: Duration = Duration::from_secs(60 * 60);
@@ -212,6 +214,9 @@ pub struct Settings {
 #[derive(Clone)]
 pub struct DatabaseSettings {
     pub url: SecretString,
+    /// How long one attempt to connect may take (a refused or unreachable database fails a
+    /// command within it, with the driver's cause).
+    pub connect_timeout: Duration,
 }
 
 impl std::fmt::Debug for DatabaseSettings {
@@ -503,6 +508,7 @@ struct RawTop {
 #[serde(deny_unknown_fields)]
 struct RawDatabase {
     url: Option<String>,
+    connect_timeout: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -1194,6 +1200,12 @@ fn parse_database(
     }
     let settings = DatabaseSettings {
         url: SecretString::from(url),
+        connect_timeout: duration(
+            &scope,
+            "connect_timeout",
+            raw.connect_timeout,
+            defaults::DATABASE_CONNECT_TIMEOUT,
+        )?,
     };
     settings
         .connect_options()

@@ -1,11 +1,14 @@
 //! Database connections and migrations for the two layouts: the roster store in the daemon's
 //! own database (the default), or in a database of its own (`[store].url`).
 
+use std::time::Duration;
+
+use sqlx::Connection as _;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgConnection, PgPool};
 
-use crate::config::Settings;
+use crate::config::{DatabaseSettings, Settings};
 
 /// Migrations of the daemon's own state (schema `sync`).
 static STATE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/state");
@@ -26,6 +29,14 @@ pub enum DbError {
         #[source]
         source: sqlx::Error,
     },
+    #[error(
+        "cannot connect to the {which} database ({target}): no answer within {timeout:?} (connect_timeout); is it up and reachable?"
+    )]
+    ConnectTimeout {
+        which: &'static str,
+        target: String,
+        timeout: Duration,
+    },
     #[error("migrating the {which} database failed: {source}")]
     Migrate {
         which: &'static str,
@@ -45,35 +56,50 @@ pub struct Databases {
     pub store_is_separate: bool,
     state_target: String,
     store_target: String,
+    state_timeout: Duration,
+    store_timeout: Duration,
 }
 
 impl Databases {
+    /// Connects to the databases: one real connection to each first, so that a database that
+    /// refuses, does not resolve, rejects the credentials or does not exist fails at once
+    /// (within `connect_timeout`) with the driver's cause rather than a pool timeout.
     pub async fn connect(settings: &Settings) -> Result<Databases, DbError> {
-        let state_options =
-            quiet(
-                settings
-                    .database
-                    .connect_options()
-                    .map_err(|e| DbError::Settings {
-                        which: "state",
-                        message: e.to_string(),
-                    })?,
-            );
-        let state_target = settings.database.redacted();
-        let (store_options, store_target, store_is_separate) = match &settings.store {
-            Some(store) => {
-                let options = quiet(store.connect_options().map_err(|e| DbError::Settings {
-                    which: "store",
+        let dbs = Databases::lazy(settings)?;
+        dbs.check().await?;
+        Ok(dbs)
+    }
+
+    /// The databases without connecting yet (the daemon starts before its database is up).
+    pub fn lazy(settings: &Settings) -> Result<Databases, DbError> {
+        let options = |db: &DatabaseSettings, which| {
+            db.connect_options()
+                .map(quiet)
+                .map_err(|e| DbError::Settings {
+                    which,
                     message: e.to_string(),
-                })?);
-                let separate = !same_database(&state_options, &options);
-                (options, store.redacted(), separate)
-            }
-            None => (state_options.clone(), state_target.clone(), false),
+                })
         };
-        let state = pool(&state_options, "state", &state_target).await?;
+        let state_options = options(&settings.database, "state")?;
+        let state_target = settings.database.redacted();
+        let state_timeout = settings.database.connect_timeout;
+        let (store_options, store_target, store_timeout, store_is_separate) = match &settings.store
+        {
+            Some(store) => {
+                let o = options(store, "store")?;
+                let separate = !same_database(&state_options, &o);
+                (o, store.redacted(), store.connect_timeout, separate)
+            }
+            None => (
+                state_options.clone(),
+                state_target.clone(),
+                state_timeout,
+                false,
+            ),
+        };
+        let state = pool(&state_options, state_timeout);
         let store = if store_is_separate {
-            pool(&store_options, "store", &store_target).await?
+            pool(&store_options, store_timeout)
         } else {
             state.clone()
         };
@@ -85,7 +111,20 @@ impl Databases {
             store_is_separate,
             state_target,
             store_target,
+            state_timeout,
+            store_timeout,
         })
+    }
+
+    /// One connection to each database, closed again: `Ok` when both answer.
+    pub async fn check(&self) -> Result<(), DbError> {
+        let state = self.state_session().await?;
+        let _ = state.close().await;
+        if self.store_is_separate {
+            let store = self.store_session().await?;
+            let _ = store.close().await;
+        }
+        Ok(())
     }
 
     /// Applies the embedded migrations: the state set to the daemon's database and the store
@@ -99,26 +138,45 @@ impl Databases {
     /// A dedicated connection to the state database, outside the pool: a run keeps its session
     /// (temporary staging tables) for its whole length and closes it at the end.
     pub async fn state_session(&self) -> Result<PgConnection, DbError> {
-        self.state_options
-            .connect()
-            .await
-            .map_err(|source| DbError::Connect {
-                which: "state",
-                target: self.state_target.clone(),
-                source,
-            })
+        session(
+            &self.state_options,
+            self.state_timeout,
+            "state",
+            &self.state_target,
+        )
+        .await
     }
 
     /// A dedicated connection to the store database (only used when it is separate).
     pub async fn store_session(&self) -> Result<PgConnection, DbError> {
-        self.store_options
-            .connect()
-            .await
-            .map_err(|source| DbError::Connect {
-                which: "store",
-                target: self.store_target.clone(),
-                source,
-            })
+        session(
+            &self.store_options,
+            self.store_timeout,
+            "store",
+            &self.store_target,
+        )
+        .await
+    }
+}
+
+async fn session(
+    options: &PgConnectOptions,
+    timeout: Duration,
+    which: &'static str,
+    target: &str,
+) -> Result<PgConnection, DbError> {
+    let failed = |source| DbError::Connect {
+        which,
+        target: target.to_owned(),
+        source,
+    };
+    match tokio::time::timeout(timeout, options.connect()).await {
+        Ok(connected) => connected.map_err(failed),
+        Err(_) => Err(DbError::ConnectTimeout {
+            which,
+            target: target.to_owned(),
+            timeout,
+        }),
     }
 }
 
@@ -139,21 +197,13 @@ async fn run_migrator(
         .map_err(|source| DbError::Migrate { which, source })
 }
 
-async fn pool(
-    options: &PgConnectOptions,
-    which: &'static str,
-    target: &str,
-) -> Result<PgPool, DbError> {
+/// A pool that connects when first used; an acquire fails after `timeout` plus a little (a
+/// refused database fails at once, an unreachable one within the connect timeout).
+fn pool(options: &PgConnectOptions, timeout: Duration) -> PgPool {
     PgPoolOptions::new()
         .max_connections(8)
-        .acquire_timeout(std::time::Duration::from_secs(30))
-        .connect_with(options.clone())
-        .await
-        .map_err(|source| DbError::Connect {
-            which,
-            target: target.to_string(),
-            source,
-        })
+        .acquire_timeout(timeout + Duration::from_secs(1))
+        .connect_lazy_with(options.clone())
 }
 
 /// Every session: Postgres notices ("schema already exists, skipping") are noise in the

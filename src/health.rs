@@ -15,7 +15,9 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use tracing::warn;
+
+use crate::db::Databases;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
@@ -23,8 +25,14 @@ use crate::sync::{Outcome, RunReport};
 
 /// The scheduler loop counts as dead when it has not ticked for this long.
 const TICK_STALE: Duration = Duration::from_secs(15);
-/// How long `/readyz` waits for the database.
-const DB_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one check of the database may take.
+const DB_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often the database is checked while it answers...
+const DB_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// ... and at most how long between attempts while it does not (backing off from 1 s).
+const DB_RETRY_MAX: Duration = Duration::from_secs(10);
+/// A database that stays down is logged at most this often.
+const DB_DOWN_LOG_EVERY: Duration = Duration::from_secs(60);
 /// Bounds of the run duration histogram, in seconds.
 const DURATION_BUCKETS: [f64; 10] = [
     1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 14400.0,
@@ -46,6 +54,8 @@ pub struct Monitor {
     /// Unix seconds of the scheduler loop's last tick; 0 before the first.
     last_tick: AtomicI64,
     stopping: AtomicBool,
+    /// Whether the daemon's database answered its last check ([`watch_database`]).
+    database_up: AtomicBool,
     metrics: Mutex<Metrics>,
 }
 
@@ -94,6 +104,11 @@ impl Monitor {
     /// Shutdown started: not ready any more (no new runs will start).
     pub fn stopping(&self) {
         self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// The database answered the last check.
+    pub fn database_up(&self) -> bool {
+        self.database_up.load(Ordering::Relaxed)
     }
 
     fn scheduler_alive(&self) -> bool {
@@ -321,7 +336,65 @@ fn label(value: &str) -> String {
 #[derive(Clone)]
 struct AppState {
     monitor: Arc<Monitor>,
-    state_db: PgPool,
+}
+
+/// Checks the daemon's database in the background until `stop`, for `/readyz` and the
+/// scheduler: a query with a short timeout every few seconds, backing off (capped) while it
+/// fails. Logs one warning when the database stops answering (then at most once a minute while
+/// it stays down, with the cause), and one info line when it is back.
+pub async fn watch_database(dbs: Databases, monitor: Arc<Monitor>, stop: CancellationToken) {
+    let mut was_up: Option<bool> = None;
+    let mut retry = Duration::from_secs(1);
+    let mut down_since = std::time::Instant::now();
+    let mut last_logged = down_since;
+    let mut attempts: u64 = 0;
+    loop {
+        let answered = matches!(
+            tokio::time::timeout(
+                DB_PROBE_TIMEOUT,
+                sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&dbs.state)
+            )
+            .await,
+            Ok(Ok(1))
+        );
+        monitor.database_up.store(answered, Ordering::Relaxed);
+        let wait = if answered {
+            if was_up == Some(false) {
+                info!(
+                    down_for_s = down_since.elapsed().as_secs(),
+                    "database available again"
+                );
+            }
+            retry = Duration::from_secs(1);
+            attempts = 0;
+            DB_CHECK_INTERVAL
+        } else {
+            attempts += 1;
+            let first = was_up != Some(false);
+            if first || last_logged.elapsed() >= DB_DOWN_LOG_EVERY {
+                // The pool only says it timed out: a direct attempt says why.
+                let cause = match dbs.check().await {
+                    Err(e) => crate::telemetry::error_chain(&e),
+                    Ok(()) => "it answered a new connection but not the pool".to_owned(),
+                };
+                if first {
+                    down_since = std::time::Instant::now();
+                    warn!(error = %cause, "database unavailable: not scheduling runs until it answers; /readyz answers 503");
+                } else {
+                    warn!(error = %cause, attempts, down_for_s = down_since.elapsed().as_secs(), "database still unavailable");
+                }
+                last_logged = std::time::Instant::now();
+            }
+            let wait = retry;
+            retry = (retry * 2).min(DB_RETRY_MAX);
+            wait
+        };
+        was_up = Some(answered);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
 }
 
 /// Binds `[daemon] listen` (a bad address fails the start; port 0 takes a free port, which the
@@ -336,7 +409,6 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, HealthErr
 pub fn serve(
     listener: tokio::net::TcpListener,
     monitor: Arc<Monitor>,
-    state_db: PgPool,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let bound = listener.local_addr().ok();
@@ -344,7 +416,7 @@ pub fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(AppState { monitor, state_db });
+        .with_state(AppState { monitor });
     info!(listen = %bound.map_or_else(String::new, |a| a.to_string()), "health and metrics listener started");
     tokio::spawn(async move {
         let served = axum::serve(listener, app)
@@ -360,15 +432,10 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// Ready when the database answered its last check (kept by [`watch_database`]: nothing on
+/// the request path waits for it) and the scheduler loop is alive.
 async fn readyz(State(app): State<AppState>) -> (StatusCode, String) {
-    let db_ok = matches!(
-        tokio::time::timeout(
-            DB_PROBE_TIMEOUT,
-            sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&app.state_db)
-        )
-        .await,
-        Ok(Ok(1))
-    );
+    let db_ok = app.monitor.database_up();
     let scheduler_ok = app.monitor.scheduler_alive();
     let status = if db_ok && scheduler_ok {
         StatusCode::OK

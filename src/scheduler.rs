@@ -327,38 +327,105 @@ impl Ctx {
 /// Runs the daemon until `shutdown` is cancelled, then stops starting runs, lets runs in
 /// progress finish for up to `[daemon] shutdown_grace`, drops the rest (their transactions roll
 /// back) and returns.
+///
+/// The health listener and the database check start first: a daemon whose database is down
+/// answers its probes (`/readyz`: 503), logs why, and starts scheduling when the database comes.
 pub async fn run(
     dbs: &Databases,
     settings: &Settings,
     shutdown: CancellationToken,
 ) -> Result<(), SchedulerError> {
     let daemon = settings.daemon.clone();
+    let monitor = Monitor::new();
+    let listener_stop = CancellationToken::new();
+    let listener = match daemon.listen {
+        Some(addr) => Some(health::serve(
+            health::bind(addr).await?,
+            monitor.clone(),
+            listener_stop.clone(),
+        )),
+        None => None,
+    };
+    let watcher = tokio::spawn(health::watch_database(
+        dbs.clone(),
+        monitor.clone(),
+        listener_stop.clone(),
+    ));
+    let started = start(dbs, settings, &monitor, &shutdown).await;
+    let result = match started {
+        Ok(Some(districts)) => {
+            schedule(dbs, settings, monitor, districts, shutdown).await;
+            Ok(())
+        }
+        Ok(None) => {
+            info!("shutdown requested before the database answered: daemon stopped");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    };
+    listener_stop.cancel();
+    let _ = watcher.await;
+    if let Some(listener) = listener {
+        let _ = tokio::time::timeout(HOUSEKEEPING_TIMEOUT, listener).await;
+    }
+    result
+}
+
+/// Waits for the database (as long as it takes, or until shutdown: `None`), migrates it and
+/// registers the enabled districts.
+async fn start(
+    dbs: &Databases,
+    settings: &Settings,
+    monitor: &Monitor,
+    shutdown: &CancellationToken,
+) -> Result<Option<Vec<DistrictConfig>>, SchedulerError> {
     let districts: Vec<DistrictConfig> = settings
         .districts
         .iter()
         .filter(|d| d.enabled)
         .cloned()
         .collect();
-    for d in &districts {
-        history::register(&dbs.state, &d.id)
-            .await
-            .map_err(hist(&d.id))?;
+    loop {
+        while !monitor.database_up() {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(None),
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+        let ready = async {
+            dbs.migrate().await?;
+            for d in &districts {
+                history::register(&dbs.state, &d.id)
+                    .await
+                    .map_err(hist(&d.id))?;
+            }
+            Ok::<(), SchedulerError>(())
+        }
+        .await;
+        match ready {
+            Ok(()) => return Ok(Some(districts)),
+            // The database went away again between the check and the migration: wait on.
+            Err(e) if !monitor.database_up() || dbs.check().await.is_err() => {
+                warn!(error = %error_chain(&e), "database unavailable while starting: waiting for it");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e),
+        }
     }
+}
+
+/// The scheduling loop proper, once the database answered.
+async fn schedule(
+    dbs: &Databases,
+    settings: &Settings,
+    monitor: Arc<Monitor>,
+    districts: Vec<DistrictConfig>,
+    shutdown: CancellationToken,
+) {
+    let daemon = settings.daemon.clone();
     let replica = replica_id();
-    let monitor = Monitor::new();
     monitor.tick();
     log_start(settings, &districts, &replica);
-
-    let listener_stop = CancellationToken::new();
-    let listener = match daemon.listen {
-        Some(addr) => Some(health::serve(
-            health::bind(addr).await?,
-            monitor.clone(),
-            dbs.state.clone(),
-            listener_stop.clone(),
-        )),
-        None => None,
-    };
 
     let ctx = Arc::new(Ctx {
         dbs: dbs.clone(),
@@ -414,12 +481,7 @@ pub async fn run(
         while tasks.join_next().await.is_some() {}
     }
     release_leases(&ctx).await;
-    listener_stop.cancel();
-    if let Some(listener) = listener {
-        let _ = tokio::time::timeout(HOUSEKEEPING_TIMEOUT, listener).await;
-    }
     info!("daemon stopped");
-    Ok(())
 }
 
 /// The start-up line: every district and its schedule, no secrets.

@@ -37,6 +37,10 @@ pub(crate) struct OAuth2 {
     scopes: Vec<String>,
     /// One refresh at a time: concurrent page fetches wait for and share the same token.
     cached: Mutex<Option<CachedToken>>,
+    /// Once the token endpoint failed for good, every later request of the run gets the same
+    /// answer at once: the run stops within the retries of one request, however many
+    /// collections ask.
+    failed: std::sync::Mutex<Option<FetchError>>,
     generation: AtomicU64,
     pub(crate) fetches: AtomicU64,
 }
@@ -73,6 +77,7 @@ impl Auth {
                     .map(str::to_owned)
                     .collect(),
                 cached: Mutex::new(None),
+                failed: std::sync::Mutex::new(None),
                 generation: AtomicU64::new(0),
                 fetches: AtomicU64::new(0),
             })),
@@ -164,7 +169,18 @@ impl OAuth2 {
             .as_ref()
             .is_some_and(|t| t.refresh_at.is_none_or(|at| Instant::now() < at));
         if !fresh {
-            *cached = Some(self.fetch(http, policy).await?);
+            if let Some(failure) = self.earlier_failure() {
+                return Err(failure);
+            }
+            match self.fetch(http, policy).await {
+                Ok(token) => *cached = Some(token),
+                Err(e) => {
+                    if let Some(copy) = e.token_failure_copy() {
+                        *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(copy);
+                    }
+                    return Err(e);
+                }
+            }
         }
         match cached.as_ref() {
             Some(token) => Ok(Credential {
@@ -173,6 +189,14 @@ impl OAuth2 {
             }),
             None => unreachable!("a token was cached just above"),
         }
+    }
+
+    fn earlier_failure(&self) -> Option<FetchError> {
+        self.failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .and_then(FetchError::token_failure_copy)
     }
 
     async fn fetch(

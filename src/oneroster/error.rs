@@ -222,6 +222,32 @@ impl FetchError {
         )
     }
 
+    /// A copy of a token endpoint's failure (the variants that can be one), for the requests
+    /// after it.
+    pub(crate) fn token_failure_copy(&self) -> Option<FetchError> {
+        Some(match self {
+            FetchError::CredentialsRejected { reason } => FetchError::CredentialsRejected {
+                reason: reason.clone(),
+            },
+            FetchError::TokenEndpoint {
+                url,
+                detail,
+                attempts,
+            } => FetchError::TokenEndpoint {
+                url: url.clone(),
+                detail: detail.clone(),
+                attempts: *attempts,
+            },
+            FetchError::RetryBudgetSpent { url, retries, last } => FetchError::RetryBudgetSpent {
+                url: url.clone(),
+                retries: *retries,
+                last: last.clone(),
+            },
+            FetchError::InvalidConfig(m) => FetchError::InvalidConfig(m.clone()),
+            _ => return None,
+        })
+    }
+
     /// The collection the failure is about, if it is about one.
     pub fn endpoint(&self) -> Option<Endpoint> {
         match self {

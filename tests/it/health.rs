@@ -1,13 +1,15 @@
-//! The health and metrics listener in-process, on a listener the test binds to port 0.
+//! The health and metrics listener in-process, on a listener the test binds to port 0, with
+//! readiness kept by the background database check.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use oneroster_sim::Counts;
 use oneroster_sync::health::{self, Monitor};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::TestDb;
+use crate::support::Harness;
 
-async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+pub async fn get(addr: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream
@@ -21,18 +23,30 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> String {
 
 #[tokio::test]
 async fn probes_and_metrics_answer_on_a_bound_listener() {
-    let db = TestDb::new().await;
-    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let h = Harness::new(Counts::tiny()).await;
     let listener = health::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let monitor = Monitor::new();
     let stop = CancellationToken::new();
-    let task = health::serve(listener, monitor.clone(), pool, stop.clone());
+    let task = health::serve(listener, monitor.clone(), stop.clone());
 
     assert!(get(addr, "/healthz").await.starts_with("HTTP/1.0 200"));
-    // The scheduler loop has not ticked yet: not ready.
+    // Neither the database check nor the scheduler loop has run yet: not ready.
     assert!(get(addr, "/readyz").await.starts_with("HTTP/1.0 503"));
+    let watcher = tokio::spawn(health::watch_database(
+        h.dbs.clone(),
+        monitor.clone(),
+        stop.clone(),
+    ));
     monitor.tick();
+    let started = Instant::now();
+    while !monitor.database_up() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the check never succeeded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let ready = get(addr, "/readyz").await;
     assert!(ready.starts_with("HTTP/1.0 200"), "{ready}");
     assert_eq!(
@@ -48,8 +62,10 @@ async fn probes_and_metrics_answer_on_a_bound_listener() {
     );
 
     stop.cancel();
-    tokio::time::timeout(Duration::from_secs(5), task)
-        .await
-        .expect("the listener stops")
-        .unwrap();
+    for handle in [task, watcher] {
+        tokio::time::timeout(Duration::from_secs(5), handle)
+            .await
+            .expect("stops on cancel")
+            .unwrap();
+    }
 }

@@ -11,6 +11,7 @@ mod health;
 mod journal;
 mod migrations;
 mod network;
+mod outage;
 mod quirks;
 mod safety;
 mod support;
