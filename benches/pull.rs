@@ -68,6 +68,7 @@ fn district(sim: &SimHandle, page_size: u32, concurrency: usize) -> anyhow::Resu
         run_timeout: defaults::RUN_TIMEOUT,
         demographics: DemographicsMode::Required,
         journal_retention: defaults::JOURNAL_RETENTION,
+        trust_revision: true,
         limits: Default::default(),
         demographics_limits: Default::default(),
     })

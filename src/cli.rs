@@ -272,12 +272,17 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
             district: id,
             dry_run,
             delta,
-            full: _,
+            full,
             format,
         } => {
             let district = district(&settings, &id)?;
             let dbs = databases(&settings).await?;
-            sync_district(&dbs, &district, dry_run, delta, format).await
+            let options = RunOptions {
+                dry_run,
+                allow_delta: delta,
+                full,
+            };
+            sync_district(&dbs, &district, options, format).await
         }
         Command::Run => {
             // The daemon waits for its database (see `scheduler::run`).
@@ -627,13 +632,12 @@ async fn databases(settings: &Settings) -> anyhow::Result<Databases> {
 async fn sync_district(
     dbs: &Databases,
     district: &DistrictConfig,
-    dry_run: bool,
-    delta: bool,
+    options: RunOptions,
     format: Format,
 ) -> anyhow::Result<ExitCode> {
     // A run that writes takes the district's lock, as the daemon does, so it never overlaps a
     // daemon's run of the same district (a dry run writes nothing).
-    let lock = if dry_run {
+    let lock = if options.dry_run {
         None
     } else {
         match scheduler::try_lock_district(dbs, &district.id).await? {
@@ -647,10 +651,6 @@ async fn sync_district(
                 return Ok(ExitCode::from(EXIT_BUSY));
             }
         }
-    };
-    let options = RunOptions {
-        dry_run,
-        allow_delta: delta,
     };
     let report = sync::run_once(dbs, district, options).await;
     if let Some(lock) = lock {

@@ -349,6 +349,9 @@ pub struct DistrictConfig {
     pub run_timeout: Duration,
     pub demographics: DemographicsMode,
     pub journal_retention: Duration,
+    /// Whether an unchanged upstream revision (and totals) may end a run after a handful of
+    /// requests.
+    pub trust_revision: bool,
     /// Safety limits per entity type (every type has an entry).
     pub limits: BTreeMap<Entity, SafetyLimits>,
     pub demographics_limits: DemographicsLimits,
@@ -554,6 +557,7 @@ struct RawDistrict {
     run_timeout: Option<String>,
     demographics: Option<RawDemographics>,
     journal_retention: Option<String>,
+    trust_revision: Option<bool>,
     max_demographics_clear_percent: Option<f64>,
     max_demographics_clear_count: Option<i64>,
     pause: Option<Vec<String>>,
@@ -914,6 +918,7 @@ impl Settings {
                 put("run_timeout", h(d.run_timeout));
                 put("demographics", d.demographics.as_str().to_owned());
                 put("journal_retention", h(d.journal_retention));
+                put("trust_revision", d.trust_revision.to_string());
                 put(
                     "demographics_limits",
                     format!(
@@ -1505,6 +1510,7 @@ fn parse_district(
             defaults::RUN_TIMEOUT,
         )?,
         demographics: demographics_mode(&scope, raw.demographics.take())?,
+        trust_revision: raw.trust_revision.unwrap_or(true),
         journal_retention: duration(
             &scope,
             "journal_retention",

@@ -107,7 +107,8 @@ pub struct RunReport {
     /// `index`, loading the mirror index; `classify`, checking, hashing and classifying
     /// records, while normalization runs beside it on other threads; and `stage`, copying
     /// changed rows into the change-set tables), `diff` (deletions by absence and the
-    /// cascade), `apply` (store and mirror).
+    /// cascade), `apply` (store, mirror and journal), `journal` (within `apply`: the change
+    /// journal's rows).
     pub phases_ms: BTreeMap<&'static str, u64>,
     /// OneRoster requests made (retries included) and the time spent on them.
     pub fetch: FetchStats,
@@ -157,12 +158,16 @@ pub struct DistrictState {
     pub holding: bool,
     /// A drift repair asked for a full pull.
     pub full_pull_requested: bool,
+    /// The upstream revision and collection totals of the last pull that was completely
+    /// applied.
+    pub last_revision: Option<String>,
+    pub last_totals: Option<sqlx::types::Json<BTreeMap<String, i64>>>,
 }
 
 pub async fn district_state(state: &PgPool, district: &str) -> Result<DistrictState> {
     let row: Option<DistrictState> = sqlx::query_as(
         "SELECT pending_run_id, last_full_pull_at, delta_watermark, hash_version, upstream_counts,
-                full_pull_requested,
+                full_pull_requested, last_revision, last_totals,
                 EXISTS (SELECT 1 FROM sync.held_change_sets h
                         WHERE h.district_id = d.district_id AND h.released_at IS NULL) AS holding
          FROM sync.districts d WHERE district_id = $1",
@@ -320,6 +325,8 @@ pub struct Success<'a> {
     pub watermark: Option<DateTime<Utc>>,
     pub started_at: DateTime<Utc>,
     pub upstream_counts: Option<&'a BTreeMap<String, i64>>,
+    /// The collection totals the server announced.
+    pub totals: Option<&'a BTreeMap<String, i64>>,
 }
 
 pub async fn mark_success(state: &PgPool, district: &str, s: Success<'_>) -> Result<()> {
@@ -330,6 +337,7 @@ pub async fn mark_success(state: &PgPool, district: &str, s: Success<'_>) -> Res
                                     ELSE greatest(delta_watermark, $4) END,
              upstream_counts = coalesce($6, upstream_counts),
              full_pull_requested = full_pull_requested AND NOT $3,
+             last_totals = $7,
              last_revision = $2, consecutive_failures = 0
          WHERE district_id = $1",
     )
@@ -339,6 +347,7 @@ pub async fn mark_success(state: &PgPool, district: &str, s: Success<'_>) -> Res
     .bind(s.watermark)
     .bind(s.started_at)
     .bind(s.upstream_counts.map(sqlx::types::Json))
+    .bind(s.totals.map(sqlx::types::Json))
     .execute(state)
     .await
     .map_err(db("recording the district's success"))?;

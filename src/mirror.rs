@@ -50,35 +50,28 @@ fn parse_line(line: &[u8]) -> Result<(String, bool, Option<i64>), MirrorError> {
     Ok((id, active, hash))
 }
 
-/// The district's mirror as an index: all of it for a complete pull, nothing yet for a delta
-/// pull (see [`ensure`]). `trust_hashes` is false when the hashes are of another row-hash
-/// version: rows are then written again, as no change.
-pub async fn load_index(
+/// Loads one entity of the district's mirror into a complete pull's index (a delta pull loads
+/// only the entries its pages need, see [`ensure`]). `trust_hashes` is false when the hashes
+/// are of another row-hash version: rows are then written again, as no change.
+pub async fn load_entity(
     conn: &mut PgConnection,
+    index: &mut Index,
     district: &str,
-    delta: bool,
-    reconcile: bool,
+    entity: Entity,
     trust_hashes: bool,
-) -> Result<Index, MirrorError> {
-    let mut index = Index::new(delta, reconcile);
-    if delta {
-        return Ok(index);
-    }
-    for entity in Entity::ALL {
-        let sql = format!(
-            "COPY (SELECT sourced_id, status = 'active', {} FROM sync.mirror_{} WHERE district_id = {}) TO STDOUT",
-            if trust_hashes { "hash" } else { "NULL" },
-            entity.as_str(),
-            quote_literal(district)
-        );
-        copy_out_lines(conn, sql, |line| {
-            let (id, active, hash) = parse_line(line)?;
-            index.insert_mirrored(entity, &id, active, hash);
-            Ok::<(), MirrorError>(())
-        })
-        .await?;
-    }
-    Ok(index)
+) -> Result<(), MirrorError> {
+    let sql = format!(
+        "COPY (SELECT sourced_id, status = 'active', {} FROM sync.mirror_{} WHERE district_id = {}) TO STDOUT",
+        if trust_hashes { "hash" } else { "NULL" },
+        entity.as_str(),
+        quote_literal(district)
+    );
+    copy_out_lines(conn, sql, |line| {
+        let (id, active, hash) = parse_line(line)?;
+        index.insert_mirrored(entity, &id, active, hash);
+        Ok::<(), MirrorError>(())
+    })
+    .await
 }
 
 /// Delta pulls: loads the mirror entries of these ids that are not loaded yet.

@@ -78,6 +78,8 @@ pub struct Tally {
     pub findings: FindingSummary,
     /// The collections pulled to the end.
     pub complete: Vec<Collection>,
+    /// `X-Total-Count` per collection, as the first page announced it.
+    pub totals: BTreeMap<Collection, i64>,
     /// The revision of the first page (`x-perm-rev`), and whether it moved since.
     pub revision: Option<String>,
     moved: bool,
@@ -234,12 +236,35 @@ impl<'a, O: Observe> Pull<'a, O> {
             Ok::<(), PullError>(())
         };
         let consumer = async {
+            // A complete pull's index of this entity loads while the first pages come in.
+            if let (Some(entity), false) = (entity, self.snapshot.is_delta())
+                && let Stage::ChangeSet {
+                    session,
+                    district,
+                    trust_hashes,
+                    ..
+                } = &mut self.stage
+            {
+                let phase = Instant::now();
+                mirror::load_entity(
+                    session,
+                    &mut self.snapshot.index,
+                    district,
+                    entity,
+                    *trust_hashes,
+                )
+                .await?;
+                self.tally.timed("index", phase);
+            }
             while let Some(page) = rx.recv().await {
                 if !self.tally.observe_revision(&page.revision) && self.stop_on_revision_move {
                     return Ok(Flow::RevisionMoved);
                 }
                 *self.tally.fetched.entry(collection).or_default() +=
                     (page.records.len() + page.unreadable.len()) as i64;
+                if page.offset == 0 {
+                    self.tally.totals.insert(collection, page.total as i64);
+                }
                 if self.snapshot.is_delta() {
                     self.prepare(&page).await?;
                 }
@@ -436,20 +461,66 @@ pub async fn fetch_only(
     Ok(out)
 }
 
-/// How many records the server holds per roster collection (one one-record request each,
-/// all at once).
-pub async fn upstream_totals(
+/// What the server says of every collection it would be pulled (one one-record request
+/// each, all at once): its record count, and the data's revision when all agree on one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    pub totals: BTreeMap<Collection, i64>,
+    /// `x-perm-rev`, when every answer carried the same one.
+    pub revision: Option<String>,
+}
+
+impl Probe {
+    /// The totals of the roster collections.
+    pub fn entity_totals(&self) -> BTreeMap<Entity, i64> {
+        self.totals
+            .iter()
+            .filter_map(|(c, n)| c.entity().map(|e| (e, *n)))
+            .collect()
+    }
+}
+
+/// One collection's total and revision.
+type Total = (Collection, usize, Option<String>);
+
+pub async fn probe(
     client: &OneRosterClient,
-) -> Result<BTreeMap<Entity, i64>, FetchError> {
-    let mut requests = Vec::new();
+    demographics: DemographicsMode,
+) -> Result<Probe, FetchError> {
+    type Answer<'a> = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Option<Total>, FetchError>> + Send + 'a>,
+    >;
+    let mut requests: Vec<Answer<'_>> = Vec::new();
     each_collection!(K => {
-        if let Some(entity) = K::COLLECTION.entity() {
+        if K::COLLECTION != Collection::Demographics || demographics.pulled() {
             requests.push(Box::pin(async move {
-                client.total::<<K as Kind>::Wire>().await.map(|n| (entity, n as i64))
-            }) as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send + '_>>);
+                match client.probe::<<K as Kind>::Wire>().await {
+                    Ok((n, revision)) => Ok(Some((K::COLLECTION, n, revision))),
+                    // A collection the district may do without: no total (so no shortcut).
+                    Err(FetchError::Forbidden { .. } | FetchError::NotFound { .. })
+                        if K::COLLECTION.is_optional()
+                            && demographics == DemographicsMode::Optional =>
+                    {
+                        Ok(None)
+                    }
+                    Err(e) => Err(e),
+                }
+            }));
         }
     });
-    futures_util::future::try_join_all(requests)
-        .await
-        .map(|totals| totals.into_iter().collect())
+    let answers: Vec<Total> = futures_util::future::try_join_all(requests)
+        .await?
+        .into_iter()
+        .flatten()
+        .collect();
+    let mut revisions: Vec<Option<String>> = answers.iter().map(|(_, _, r)| r.clone()).collect();
+    revisions.dedup();
+    let revision = match revisions.as_slice() {
+        [Some(one)] => Some(one.clone()),
+        _ => None,
+    };
+    Ok(Probe {
+        totals: answers.into_iter().map(|(c, n, _)| (c, n as i64)).collect(),
+        revision,
+    })
 }

@@ -675,6 +675,7 @@ async fn cycle(
     let options = RunOptions {
         dry_run: false,
         allow_delta: true,
+        full: false,
     };
     let report = sync::run_once(&ctx.dbs, d, options).await;
     ctx.set_local(&d.id, |l| l.running = false);

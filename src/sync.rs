@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::changeset::{self, ChangeSetError};
 use crate::config::{DemographicsMode, DistrictConfig};
 use crate::db::{Databases, DbError};
-use crate::diff::{ChangeCounts, HASH_VERSION, Samples};
+use crate::diff::{ChangeCounts, HASH_VERSION, Index, Samples};
 use crate::domain::{Entity, Finding, FindingSummary, Severity};
 use crate::history::{self, DistrictState, HistoryError, Success};
 use crate::journal::{self, JournalError};
@@ -47,6 +47,8 @@ pub struct RunOptions {
     /// A delta pull may be used (when one is possible and a full pull is not due); otherwise
     /// the run pulls everything.
     pub allow_delta: bool,
+    /// Pull everything whatever the upstream revision says (no unchanged shortcut, no delta).
+    pub full: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +151,8 @@ struct Run<'a> {
     upstream_counts: Option<BTreeMap<String, i64>>,
     /// Journal rows written.
     journaled: u64,
+    /// The collection totals the server announced, for the next run's unchanged check.
+    totals: Option<BTreeMap<String, i64>>,
 }
 
 /// What a pull delivered.
@@ -191,6 +195,7 @@ impl<'a> Run<'a> {
             watermark: None,
             upstream_counts: None,
             journaled: 0,
+            totals: None,
         }
     }
 
@@ -230,8 +235,13 @@ impl<'a> Run<'a> {
         }
 
         let phase = Instant::now();
-        let mut pulled = self.pull(client, session, &state, reconcile).await?;
+        let pulled = self.pull(client, session, &state, reconcile).await?;
         self.timed("pull", phase);
+        let Some(mut pulled) = pulled else {
+            // Unchanged upstream: nothing pulled, nothing written but the run's record.
+            self.mark_success().await?;
+            return Ok(Outcome::NothingToDo);
+        };
         let full = self.pull_kind == PullKind::Full;
 
         // Fail closed: an empty collection is never read as "everyone left". A delta pull is
@@ -319,6 +329,7 @@ impl<'a> Run<'a> {
                 .begin()
                 .await
                 .map_err(db("starting the apply transaction"))?;
+            let journaling = Instant::now();
             store::journal(&mut tx, &self.district.id, &snapshot.touched).await?;
             self.journaled = journal::record(
                 &mut tx,
@@ -328,6 +339,7 @@ impl<'a> Run<'a> {
                 snapshot.touched.iter().copied(),
             )
             .await?;
+            self.timed("journal", journaling);
             store::apply(&mut tx, &self.district.id, &snapshot.touched).await?;
             mirror::advance(&mut tx, &self.district.id, &snapshot.touched).await?;
             history::set_hash_version(&mut tx, &self.district.id, HASH_VERSION).await?;
@@ -351,7 +363,7 @@ impl<'a> Run<'a> {
         session: &mut PgConnection,
         state: &DistrictState,
         reconcile: bool,
-    ) -> Result<Pulled, SyncError> {
+    ) -> Result<Option<Pulled>, SyncError> {
         let mut since = match delta_since(self.options, self.district, state, reconcile) {
             Ok(since) => Some(since),
             Err(reason) => {
@@ -362,6 +374,40 @@ impl<'a> Run<'a> {
                 None
             }
         };
+        let shortcut = unchanged_possible(self.options, self.district, state, reconcile);
+        // What the server holds per collection and its revision (one one-record request each):
+        // whether anything changed at all, and whether records were purged since the last full
+        // pull (a delta cannot see them go).
+        let probe = if since.is_some() || shortcut.is_ok() {
+            match pull::probe(client, self.district.demographics).await {
+                Ok(probe) => Some(probe),
+                // A server that refuses a one-record page (or has no such endpoint) still
+                // serves a whole pull; anything else would fail the pull the same way.
+                Err(e @ (FetchError::Client { .. } | FetchError::NotFound { .. })) => {
+                    warn!(error = %error_chain(&e), "could not read the collection totals: pulling everything");
+                    if since.is_some() {
+                        self.pull_reason = Some("the collection totals could not be read".into());
+                    }
+                    since = None;
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            None
+        };
+        if let (Ok(()), Some(probe)) = (shortcut, &probe) {
+            let totals = named(&probe.totals);
+            let same_totals = state.last_totals.as_deref() == Some(&totals);
+            if probe.revision.is_some() && probe.revision == state.last_revision && same_totals {
+                info!(revision = %probe.revision.as_deref().unwrap_or(""), "upstream unchanged since the last applied pull (same revision and totals): nothing to pull");
+                self.pull_kind = PullKind::Unchanged;
+                self.revision = probe.revision.clone();
+                self.totals = Some(totals);
+                return Ok(None);
+            }
+        }
+        let totals = probe.as_ref().map(pull::Probe::entity_totals);
         // A delta pull does not load the mirror, so its active counts (for the safety limits)
         // are counted beside the pull.
         let counting = since.map(|_| {
@@ -370,20 +416,6 @@ impl<'a> Run<'a> {
                 self.district.id.clone(),
             ))
         });
-        // What the server holds per collection, to tell whether records were purged since the
-        // last full pull (a delta cannot see them go).
-        let totals = match since {
-            Some(_) => match pull::upstream_totals(client).await {
-                Ok(totals) => Some(totals),
-                Err(e) => {
-                    warn!(error = %error_chain(&e), "could not read the collection totals: pulling everything");
-                    self.pull_reason = Some("the collection totals could not be read".into());
-                    since = None;
-                    None
-                }
-            },
-            None => None,
-        };
         let trust_hashes = state.hash_version == Some(HASH_VERSION);
         let mut pulled = loop {
             match since {
@@ -446,10 +478,14 @@ impl<'a> Run<'a> {
         }
         self.findings = std::mem::take(&mut pulled.tally.findings);
         self.revision = pulled.tally.revision.take();
+        self.totals = Some(match (self.pull_kind, &probe) {
+            (PullKind::Full, _) | (_, None) => named(&pulled.tally.totals),
+            (_, Some(probe)) => named(&probe.totals),
+        });
         for (phase, d) in std::mem::take(&mut pulled.tally.phases) {
             *self.phases.entry(phase).or_default() += d;
         }
-        Ok(pulled)
+        Ok(Some(pulled))
     }
 
     /// Pulls every collection through the snapshot into the change-set tables: everything,
@@ -468,16 +504,9 @@ impl<'a> Run<'a> {
             // Findings of an abandoned attempt (revision moved, delta given up) go.
             history::clear_findings(&self.dbs.state, self.run_id).await?;
             self.logged = 0;
-            let phase = Instant::now();
-            let index = mirror::load_index(
-                session,
-                &self.district.id,
-                since.is_some(),
-                reconcile,
-                trust_hashes,
-            )
-            .await?;
-            self.timed("index", phase);
+            // A complete pull loads the mirror one entity at a time as its collection comes in
+            // (see `pull`); a delta pull looks up what its pages need.
+            let index = Index::new(since.is_some(), reconcile);
             // The filter has whole seconds: the bound is what the server is sent.
             let bound = since.map(|t| t.trunc_subsecs(0));
             let filter = bound.map(|t| {
@@ -732,6 +761,7 @@ impl<'a> Run<'a> {
                 watermark: self.watermark.map(|t| t.min(self.started_at)),
                 started_at: self.started_at,
                 upstream_counts: self.upstream_counts.as_ref(),
+                totals: self.totals.as_ref(),
             },
         )
         .await?;
@@ -889,6 +919,43 @@ impl<'a> Run<'a> {
     }
 }
 
+/// Collection totals by collection name, as the district's state keeps them.
+fn named(totals: &BTreeMap<Collection, i64>) -> BTreeMap<String, i64> {
+    totals
+        .iter()
+        .map(|(c, n)| (c.name().to_owned(), *n))
+        .collect()
+}
+
+/// Whether an unchanged upstream may end the run after the probe (the revision and totals
+/// decide), or why not.
+fn unchanged_possible(
+    options: RunOptions,
+    district: &DistrictConfig,
+    state: &DistrictState,
+    reconcile: bool,
+) -> Result<(), &'static str> {
+    if options.full {
+        return Err("a full pull was asked for");
+    }
+    if !district.trust_revision {
+        return Err("trust_revision = false");
+    }
+    if state.last_revision.is_none() || state.last_totals.is_none() {
+        return Err("no revision of an applied pull");
+    }
+    if reconcile || state.holding || state.full_pull_requested {
+        return Err("a full pull is due");
+    }
+    if state.hash_version != Some(HASH_VERSION) {
+        return Err("the mirror's row hashes are of another version");
+    }
+    match state.last_full_pull_at {
+        Some(t) if (Utc::now() - t).to_std().unwrap_or_default() < district.full_interval => Ok(()),
+        _ => Err("full_interval has passed since the last full pull"),
+    }
+}
+
 /// When a delta pull may be used, the time it asks for changes after: the watermark minus
 /// the district's `delta_overlap`. Otherwise why the run pulls everything.
 fn delta_since(
@@ -897,7 +964,7 @@ fn delta_since(
     state: &DistrictState,
     reconcile: bool,
 ) -> Result<DateTime<Utc>, &'static str> {
-    if !options.allow_delta {
+    if !options.allow_delta || options.full {
         return Err("a full pull was asked for");
     }
     if reconcile {

@@ -247,12 +247,12 @@ impl OneRosterClient {
         params
     }
 
-    /// How many records the server holds in a collection (`X-Total-Count` of a one-record page,
-    /// unfiltered).
-    pub async fn total<T: WireRecord>(&self) -> Result<usize, FetchError> {
+    /// How many records the server holds in a collection and the data's revision, from a
+    /// one-record page, unfiltered (`X-Total-Count`, ClassLink's `x-perm-rev`).
+    pub async fn probe<T: WireRecord>(&self) -> Result<(usize, Option<String>), FetchError> {
         self.fetch_sized::<T>(T::ENDPOINT, &PullQuery::default(), 0, None, 1)
             .await
-            .map(|page| page.total)
+            .map(|page| (page.total, page.revision))
     }
 
     /// One page, with retries of transient failures and one token refresh on a 401.

@@ -50,6 +50,7 @@ fn district(sim: &SimHandle, auth: AuthConfig) -> DistrictConfig {
         run_timeout: Duration::from_secs(60),
         demographics: DemographicsMode::Required,
         journal_retention: defaults::JOURNAL_RETENTION,
+        trust_revision: true,
         demographics_limits: Default::default(),
         limits: Default::default(),
     }

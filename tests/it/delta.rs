@@ -85,7 +85,9 @@ async fn a_server_that_ignores_or_refuses_the_filter_gets_full_pulls() {
     assert_eq!(delta(&h).await.outcome, Outcome::Applied);
 
     // Ignored: every record comes back, old ones included. Read as a delta it would hide
-    // purges for good; the old dates give the server away and the run pulls everything.
+    // purges for good; the old dates give the server away and the run pulls everything. (The
+    // revision moves, so the run does not stop at "unchanged".)
+    h.sim.with_data(|_| {});
     h.sim.set_faults(Faults {
         ignore_filter: true,
         ..Faults::default()
@@ -286,7 +288,12 @@ async fn rows_the_mirror_does_not_know_and_hashes_of_another_version_change_noth
         .execute(&mut conn)
         .await
         .unwrap();
-    let report = h.sync().await;
+    // Upstream did not change: only a full pull looks.
+    let full = RunOptions {
+        full: true,
+        ..RunOptions::default()
+    };
+    let report = h.sync_with(full).await;
     assert_eq!(report.outcome, Outcome::Applied, "{report:?}");
     assert_eq!(
         report.counts[&Entity::Users].created,

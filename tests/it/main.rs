@@ -16,3 +16,4 @@ mod quirks;
 mod safety;
 mod support;
 mod sync;
+mod unchanged;
