@@ -87,6 +87,50 @@ pub async fn seal(conn: &mut PgConnection) -> Result<(), ChangeSetError> {
     Ok(())
 }
 
+/// One line of the change set as the snapshot writes it: the stored row (`sourced_id`, then
+/// the columns), its hash, its operation and whether it counts as a change.
+pub struct Line<'a> {
+    pub row: &'a [u8],
+    pub hash: &'a [u8],
+    pub op: &'a [u8],
+    pub counted: bool,
+}
+
+impl<'a> Line<'a> {
+    pub fn parse(line: &'a [u8]) -> Option<Line<'a>> {
+        let mut parts = line.rsplitn(4, |b| *b == b'\t');
+        let counted = parts.next()? == b"t";
+        let op = parts.next()?;
+        let hash = parts.next()?;
+        let row = parts.next()?;
+        Some(Line {
+            row,
+            hash,
+            op,
+            counted,
+        })
+    }
+
+    /// The `i`-th field of the row (0: `sourced_id`, 1: `status`, ...), COPY-escaped.
+    pub fn field(&self, i: usize) -> &'a [u8] {
+        self.row.split(|b| *b == b'\t').nth(i).unwrap_or_default()
+    }
+}
+
+/// Splits buffered lines into rows new to the mirror (`op = create`) and the rest.
+pub fn split_new(lines: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let (mut new, mut rest) = (Vec::new(), Vec::new());
+    for line in lines.split_inclusive(|b| *b == b'\n') {
+        let body = line.strip_suffix(b"\n").unwrap_or(line);
+        let target = match Line::parse(body) {
+            Some(l) if l.op == b"create" => &mut new,
+            _ => &mut rest,
+        };
+        target.extend_from_slice(line);
+    }
+    (new, rest)
+}
+
 /// Copies complete COPY lines (a stored row, its hash, its operation) into `apply_<entity>`.
 pub async fn copy_rows(
     conn: &mut PgConnection,

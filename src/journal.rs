@@ -88,6 +88,55 @@ pub async fn record(
     Ok(written + done.rows_affected())
 }
 
+/// A first load: journals the counted creations among these change-set lines (see
+/// `changeset::Line`) by COPY, in the caller's transaction; returns the rows written.
+pub async fn copy_created(
+    conn: &mut PgConnection,
+    district: &str,
+    run_id: Uuid,
+    entity: Entity,
+    lines: &[u8],
+) -> Result<u64, JournalError> {
+    let mut prefix = Vec::new();
+    crate::stored::copy_escaped(&mut prefix, district);
+    prefix.extend_from_slice(
+        format!(
+            "\t{run_id}\t{}\t{}\t",
+            Mode::Applied.as_str(),
+            entity.as_str()
+        )
+        .as_bytes(),
+    );
+    let mut data = Vec::new();
+    let mut written = 0;
+    for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let Some(l) = crate::changeset::Line::parse(line) else {
+            continue;
+        };
+        if !l.counted {
+            continue;
+        }
+        data.extend_from_slice(&prefix);
+        data.extend_from_slice(l.field(0));
+        data.extend_from_slice(b"\tcreated\n");
+        written += 1;
+    }
+    if data.is_empty() {
+        return Ok(0);
+    }
+    let mut copy = conn
+        .copy_in_raw(
+            "COPY sync.journal (district_id, run_id, mode, entity, sourced_id, operation) FROM STDIN",
+        )
+        .await
+        .map_err(db("journaling created rows"))?;
+    copy.send(data)
+        .await
+        .map_err(db("journaling created rows"))?;
+    copy.finish().await.map_err(db("journaling created rows"))?;
+    Ok(written)
+}
+
 /// The smallest UUIDv7 of a moment: run ids before it are older.
 fn v7_floor(t: DateTime<Utc>) -> Uuid {
     let ms = u128::try_from(t.timestamp_millis()).unwrap_or(0);

@@ -208,6 +208,79 @@ pub async fn advance(
     Ok(())
 }
 
+/// A first load: rows new to the mirror (change-set lines, see `changeset::Line`) go straight
+/// into `sync.mirror_<entity>` by COPY, in the caller's transaction (with the store's).
+pub async fn copy_new(
+    conn: &mut PgConnection,
+    district: &str,
+    entity: Entity,
+    lines: &[u8],
+) -> Result<(), MirrorError> {
+    let enrollments = entity == Entity::Enrollments;
+    let mut data = Vec::with_capacity(lines.len() / 4);
+    let mut district_field = Vec::new();
+    crate::stored::copy_escaped(&mut district_field, district);
+    for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let Some(l) = changeset::Line::parse(line) else {
+            continue;
+        };
+        data.extend_from_slice(&district_field);
+        for part in [l.field(0), l.field(1), l.hash] {
+            data.push(b'\t');
+            data.extend_from_slice(part);
+        }
+        if enrollments {
+            // user_sourced_id and class_sourced_id follow status in the stored form.
+            for i in [2, 3] {
+                data.push(b'\t');
+                data.extend_from_slice(l.field(i));
+            }
+        }
+        data.push(b'\n');
+    }
+    if data.is_empty() {
+        return Ok(());
+    }
+    let columns = if enrollments {
+        "district_id, sourced_id, status, hash, user_sourced_id, class_sourced_id"
+    } else {
+        "district_id, sourced_id, status, hash"
+    };
+    let statement = format!(
+        "COPY sync.mirror_{} ({columns}) FROM STDIN",
+        entity.as_str()
+    );
+    let mut copy = conn
+        .copy_in_raw(&statement)
+        .await
+        .map_err(db("writing new mirror rows"))?;
+    copy.send(data)
+        .await
+        .map_err(db("writing new mirror rows"))?;
+    copy.finish().await.map_err(db("writing new mirror rows"))?;
+    Ok(())
+}
+
+/// Whether the district's mirror holds no row at all (a first load).
+pub async fn is_empty(conn: &mut PgConnection, district: &str) -> Result<bool, MirrorError> {
+    let tables = Entity::ALL
+        .iter()
+        .map(|e| {
+            format!(
+                "SELECT 1 FROM sync.mirror_{} WHERE district_id = $1",
+                e.as_str()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    let any: Option<i32> = sqlx::query_scalar(sql!("{tables} LIMIT 1"))
+        .bind(district)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db("reading the mirror"))?;
+    Ok(any.is_none())
+}
+
 /// Streams `(sourced_id, active, hash)` of every mirror row of one entity (the drift check).
 pub async fn rows(
     conn: &mut PgConnection,

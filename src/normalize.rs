@@ -90,7 +90,8 @@ fn vocabulary(value: Option<String>, words: &[&'static str]) -> Vocab {
     if let Some(word) = words.iter().find(|w| w.eq_ignore_ascii_case(&value)) {
         return Vocab::Known((*word).to_owned());
     }
-    if value.len() > 4 && value[..4].eq_ignore_ascii_case("ext:") {
+    // Bytes, not `str`: a character may straddle byte 4 (`abcé`).
+    if value.len() > 4 && value.as_bytes()[..4].eq_ignore_ascii_case(b"ext:") {
         return Vocab::Known(value);
     }
     Vocab::Other(value)

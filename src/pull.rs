@@ -16,6 +16,7 @@ use tracing::warn;
 use crate::changeset::{self, ChangeSetError};
 use crate::config::DemographicsMode;
 use crate::domain::{Entity, Finding, FindingSummary, Severity};
+use crate::journal::{self, JournalError};
 use crate::mirror::{self, MirrorError};
 use crate::oneroster::{FetchError, OneRosterClient, Page, PullQuery, WireRecord};
 use crate::registry::{Collection, Kind, each_collection};
@@ -37,6 +38,8 @@ pub enum PullError {
     ChangeSet(#[from] ChangeSetError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
     #[error("normalizing a page of {collection} failed: {detail}")]
     Normalize {
         collection: Collection,
@@ -53,9 +56,20 @@ pub enum Stage<'a> {
         store: &'a PgPool,
         district: &'a str,
         trust_hashes: bool,
+        /// A first load: rows new to the mirror go straight into the store, the mirror and the
+        /// journal, in the transaction the session is in.
+        direct: Option<Direct>,
     },
     /// The audit: nothing is written or read but the district's API.
     Report,
+}
+
+/// What a first load writes its new rows with.
+#[derive(Debug, Clone)]
+pub struct Direct {
+    pub run_id: uuid::Uuid,
+    /// `deleted_at` of rows that arrive deleted, as COPY reads it.
+    pub deleted_at: String,
 }
 
 /// How a collection's pull ended.
@@ -83,8 +97,10 @@ pub struct Tally {
     /// The revision of the first page (`x-perm-rev`), and whether it moved since.
     pub revision: Option<String>,
     moved: bool,
-    /// Time per phase (`index` is the caller's).
+    /// Time per phase.
     pub phases: BTreeMap<&'static str, Duration>,
+    /// Journal rows a first load wrote as it went.
+    pub journaled: u64,
 }
 
 impl Tally {
@@ -363,6 +379,7 @@ impl<'a, O: Observe> Pull<'a, O> {
             store,
             district,
             trust_hashes,
+            ..
         } = &mut self.stage
         else {
             return Ok(());
@@ -421,8 +438,32 @@ impl<'a, O: Observe> Pull<'a, O> {
         }
         let phase = Instant::now();
         let lines = self.snapshot.take_lines();
-        if let (Stage::ChangeSet { session, .. }, Some(entity)) = (&mut self.stage, self.current) {
-            changeset::copy_rows(session, entity, lines).await?;
+        let Stage::ChangeSet {
+            session,
+            district,
+            direct,
+            ..
+        } = &mut self.stage
+        else {
+            return Ok(());
+        };
+        let Some(entity) = self.current else {
+            return Ok(());
+        };
+        match direct {
+            Some(d) => {
+                let (new, rest) = changeset::split_new(&lines);
+                if store::copy_new(session, district, entity, &new, &d.deleted_at).await? {
+                    mirror::copy_new(session, district, entity, &new).await?;
+                    self.tally.journaled +=
+                        journal::copy_created(session, district, d.run_id, entity, &new).await?;
+                } else {
+                    // The store has some of them already: the change set's upsert writes them.
+                    changeset::copy_rows(session, entity, new).await?;
+                }
+                changeset::copy_rows(session, entity, rest).await?;
+            }
+            None => changeset::copy_rows(session, entity, lines).await?,
         }
         self.tally.timed("stage", phase);
         Ok(())

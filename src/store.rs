@@ -99,6 +99,71 @@ pub async fn apply(
     Ok(())
 }
 
+/// A first load: rows new to the mirror (change-set lines, see `changeset::Line`) go straight
+/// into `roster.<entity>` by COPY, inside the caller's transaction. `deleted_at` is the time
+/// written for rows that arrive deleted. Returns false, having written nothing, when the store
+/// holds one of them already (it drifted from the mirror): the caller applies those through
+/// the change set's upsert instead.
+pub async fn copy_new(
+    conn: &mut PgConnection,
+    district: &str,
+    entity: Entity,
+    lines: &[u8],
+    deleted_at: &str,
+) -> Result<bool, StoreError> {
+    use sqlx::Executor as _;
+    let mut data = Vec::with_capacity(lines.len() + lines.len() / 8);
+    let mut district_field = Vec::new();
+    crate::stored::copy_escaped(&mut district_field, district);
+    for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let Some(l) = changeset::Line::parse(line) else {
+            continue;
+        };
+        data.extend_from_slice(&district_field);
+        data.push(b'\t');
+        data.extend_from_slice(l.row);
+        data.push(b'\t');
+        if l.field(1) == b"deleted" {
+            data.extend_from_slice(deleted_at.as_bytes());
+        } else {
+            data.extend_from_slice(b"\\N");
+        }
+        data.push(b'\n');
+    }
+    if data.is_empty() {
+        return Ok(true);
+    }
+    conn.execute("SAVEPOINT copy_new")
+        .await
+        .map_err(db("writing new rows"))?;
+    let statement = format!(
+        "COPY roster.{} (district_id, sourced_id, {}, deleted_at) FROM STDIN",
+        entity.as_str(),
+        column_list(entity, "")
+    );
+    let copied = async {
+        let mut copy = conn.copy_in_raw(&statement).await?;
+        copy.send(data).await?;
+        copy.finish().await
+    }
+    .await;
+    match copied {
+        Ok(_) => {
+            conn.execute("RELEASE SAVEPOINT copy_new")
+                .await
+                .map_err(db("writing new rows"))?;
+            Ok(true)
+        }
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            conn.execute("ROLLBACK TO SAVEPOINT copy_new")
+                .await
+                .map_err(db("writing new rows"))?;
+            Ok(false)
+        }
+        Err(e) => Err(db("writing new rows")(e)),
+    }
+}
+
 /// Fills the change set's `journal_rows` with its updates and deletions (`touched` entities)
 /// and what changed in each row: the names of the changed columns and, demographics excepted,
 /// their old (as stored) and new values. Runs before [`apply`], on the same session.

@@ -161,6 +161,8 @@ struct Pulled {
     tally: pull::Tally,
     /// Records skipped as invalid, by entity (a reconcile leaves their rows alone).
     skipped: Vec<(Entity, String)>,
+    /// A first load: the session is in the transaction that already holds the new rows.
+    direct: bool,
 }
 
 impl<'a> Run<'a> {
@@ -261,6 +263,8 @@ impl<'a> Run<'a> {
         changeset::seal(session).await?;
         self.timed("diff", phase);
 
+        let direct = pulled.direct;
+        self.journaled += pulled.tally.journaled;
         let snapshot = pulled.snapshot;
         for (entity, c) in &snapshot.tally.counts {
             if let Some(counts) = self.counts.get_mut(entity) {
@@ -299,6 +303,15 @@ impl<'a> Run<'a> {
                 return Ok(Outcome::DryRun);
             }
             Verdict::Hold => {
+                if direct {
+                    // Not for a first load (nothing can be held), but should it come to that:
+                    // its rows go, and the held set is journaled as it stands.
+                    session
+                        .execute("ROLLBACK")
+                        .await
+                        .map_err(db("rolling back the first load"))?;
+                    self.journaled = 0;
+                }
                 self.journal_unapplied(session, &snapshot.touched, journal::Mode::Held)
                     .await?;
                 self.hold_change_set().await?;
@@ -315,34 +328,34 @@ impl<'a> Run<'a> {
             history::supersede(&self.dbs.state, &self.district.id).await?;
         }
         if snapshot.touched.is_empty() {
+            if direct {
+                session
+                    .execute("COMMIT")
+                    .await
+                    .map_err(db("ending the first load's transaction"))?;
+            }
             self.mark_success().await?;
             return Ok(Outcome::NothingToDo);
         }
 
         let phase = Instant::now();
         if self.dbs.store_is_separate {
-            self.journaled = self
+            self.journaled += self
                 .apply_separate(session, &snapshot.touched, reconcile)
                 .await?;
+        } else if direct {
+            // The transaction the first load's rows went into.
+            self.apply_shared(session, &snapshot.touched).await?;
+            session
+                .execute("COMMIT")
+                .await
+                .map_err(db("committing the apply transaction"))?;
         } else {
             let mut tx = session
                 .begin()
                 .await
                 .map_err(db("starting the apply transaction"))?;
-            let journaling = Instant::now();
-            store::journal(&mut tx, &self.district.id, &snapshot.touched).await?;
-            self.journaled = journal::record(
-                &mut tx,
-                &self.district.id,
-                self.run_id,
-                journal::Mode::Applied,
-                snapshot.touched.iter().copied(),
-            )
-            .await?;
-            self.timed("journal", journaling);
-            store::apply(&mut tx, &self.district.id, &snapshot.touched).await?;
-            mirror::advance(&mut tx, &self.district.id, &snapshot.touched).await?;
-            history::set_hash_version(&mut tx, &self.district.id, HASH_VERSION).await?;
+            self.apply_shared(&mut tx, &snapshot.touched).await?;
             tx.commit()
                 .await
                 .map_err(db("committing the apply transaction"))?;
@@ -499,7 +512,26 @@ impl<'a> Run<'a> {
         reconcile: bool,
         trust_hashes: bool,
     ) -> Result<Pulled, SyncError> {
+        // A first load (the mirror holds nothing, so nothing can be held): its rows go straight
+        // into the store, the mirror and the journal, in one transaction opened for the pull.
+        let direct = since.is_none()
+            && !reconcile
+            && !self.dry_run
+            && !self.dbs.store_is_separate
+            && mirror::is_empty(session, &self.district.id).await?;
         for attempt in 1..=MAX_PULL_ATTEMPTS {
+            if direct {
+                if attempt > 1 {
+                    session
+                        .execute("ROLLBACK")
+                        .await
+                        .map_err(db("starting the pull over"))?;
+                }
+                session
+                    .execute("BEGIN")
+                    .await
+                    .map_err(db("starting the first load's transaction"))?;
+            }
             changeset::create(session).await?;
             // Findings of an abandoned attempt (revision moved, delta given up) go.
             history::clear_findings(&self.dbs.state, self.run_id).await?;
@@ -523,6 +555,10 @@ impl<'a> Run<'a> {
                 store: &self.dbs.store,
                 district: &self.district.id,
                 trust_hashes,
+                direct: direct.then(|| pull::Direct {
+                    run_id: self.run_id,
+                    deleted_at: Utc::now().format("%Y-%m-%d %H:%M:%S%.6f+00").to_string(),
+                }),
             };
             let mut pull = Pull::new(client, snapshot, stage, &mut observer, filter);
             let flow = self.pull_all(&mut pull, &mut skipped).await;
@@ -562,6 +598,7 @@ impl<'a> Run<'a> {
                     snapshot,
                     tally,
                     skipped,
+                    direct,
                 });
             }
             warn!(
@@ -830,6 +867,31 @@ impl<'a> Run<'a> {
             .await
             .map_err(db("committing the mirror transaction"))?;
         Ok(journaled)
+    }
+
+    /// Applies the change set when store and mirror share the database, on the caller's
+    /// transaction: the journal (the store's old values first), the store, the mirror.
+    async fn apply_shared(
+        &mut self,
+        conn: &mut PgConnection,
+        touched: &std::collections::BTreeSet<Entity>,
+    ) -> Result<(), SyncError> {
+        let district = &self.district.id;
+        let journaling = Instant::now();
+        store::journal(conn, district, touched).await?;
+        self.journaled += journal::record(
+            conn,
+            district,
+            self.run_id,
+            journal::Mode::Applied,
+            touched.iter().copied(),
+        )
+        .await?;
+        self.timed("journal", journaling);
+        store::apply(conn, district, touched).await?;
+        mirror::advance(conn, district, touched).await?;
+        history::set_hash_version(conn, district, HASH_VERSION).await?;
+        Ok(())
     }
 
     /// Journals what a change set would change without applying it (a dry run, a held set).

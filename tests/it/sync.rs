@@ -863,3 +863,56 @@ async fn invalid_records_keep_their_row_deleted_ones_come_back_and_enrollments_f
     .unwrap();
     assert_eq!(deleted_at, None);
 }
+
+#[tokio::test]
+async fn a_first_load_goes_straight_into_the_store_and_falls_back_when_the_store_has_the_rows() {
+    let h = Harness::new(Counts::tiny()).await;
+    let first = h.sync().await;
+    assert_eq!(first.outcome, Outcome::Applied, "{first:?}");
+    let want = expected(&h.sim.snapshot(), &StoreRows::new());
+    assert_store_eq(&store_rows(&h.db, DISTRICT).await, &want);
+    // Every new row is journaled, and the mirror knows every row with its hash: the next run
+    // finds nothing to do.
+    let total: i64 = first.counts.values().map(|c| c.created).sum();
+    assert_eq!(first.journaled as i64, total);
+    let unhashed: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM sync.mirror_users WHERE hash IS NULL)
+              + (SELECT count(*) FROM sync.mirror_enrollments WHERE hash IS NULL OR user_sourced_id = '')",
+    )
+    .fetch_one(&h.dbs.state)
+    .await
+    .unwrap();
+    assert_eq!(unhashed, 0);
+    let full = RunOptions {
+        full: true,
+        ..RunOptions::default()
+    };
+    assert_eq!(h.sync_with(full).await.outcome, Outcome::NothingToDo);
+
+    // The mirror lost everything, the store kept it: a "first load" again, whose rows the
+    // store already holds. The COPY gives way to the upsert, which writes no row.
+    let stamps = updated_at(&h.db).await;
+    let mut conn = h.db.connect().await;
+    for entity in Entity::ALL {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM sync.mirror_{}",
+            entity.as_str()
+        )))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    let again = h.sync_with(full).await;
+    assert_eq!(again.outcome, Outcome::Applied, "{again:?}");
+    assert_eq!(
+        again.counts[&Entity::Users].created,
+        first.counts[&Entity::Users].created
+    );
+    assert_store_eq(&store_rows(&h.db, DISTRICT).await, &want);
+    assert_eq!(
+        updated_at(&h.db).await,
+        stamps,
+        "no store row was rewritten"
+    );
+    assert_eq!(h.sync_with(full).await.outcome, Outcome::NothingToDo);
+}
