@@ -285,7 +285,10 @@ async fn the_daemon_waits_for_its_database_answers_its_probes_and_tells_each_out
     cluster.start();
     let started = Instant::now();
     while logs.count(|l| message(l) == "database available again") == back {
-        assert!(started.elapsed() < Duration::from_secs(20), "no recovery line");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no recovery line"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(
