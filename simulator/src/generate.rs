@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::model::{
     AcademicSession, Class, Course, Dataset, Demographics, Enrollment, Fields, Org, Periods,
-    Status, Text, User, UserId,
+    ProfileCredential, RoleAssignment, Status, Text, User, UserId, UserProfile, v1p1_role,
 };
 
 /// District sizes from ONEROSTER.md "Scale".
@@ -133,6 +133,10 @@ pub(crate) const FAMILY_NAMES: &[&str] = &[
 ];
 
 const MIDDLE_NAMES: &[&str] = &["", "", "", "Marie", "James", "Ann", "Lee", "José", "Renée"];
+
+const PREFERRED_FIRST_NAMES: &[&str] = &["Jo", "Sam", "Alex", "Max", "Kit", "Bea", "Nico", "Rae"];
+
+const PRONOUNS: &[&str] = &["she/her", "he/him", "they/them"];
 
 pub(crate) const CITIES: &[&str] = &[
     "New York",
@@ -260,6 +264,49 @@ pub(crate) fn username(name: &NameParts, n: usize) -> String {
     format!("{}{}{}", first, family, n).to_lowercase()
 }
 
+/// A role assignment without profile or dates.
+fn assignment(role_type: &'static str, role: &'static str, org: &str) -> RoleAssignment {
+    RoleAssignment {
+        role_type: Cow::Borrowed(role_type),
+        role: Cow::Borrowed(role),
+        org: org.to_string(),
+        user_profile: None,
+        begin_date: None,
+        end_date: None,
+    }
+}
+
+/// The 1.2-only name fields, from the user's number alone. Nothing 1.2 adds draws from the
+/// random streams, so generation and the churn stay as they were and 1.1 bytes do not move.
+struct Preferred {
+    first: &'static str,
+    middle: &'static str,
+    last: &'static str,
+    pronouns: &'static str,
+}
+
+fn preferred(n: usize) -> Preferred {
+    let pick = |list: &[&'static str], i: usize| list[i % list.len()];
+    Preferred {
+        first: if n % 10 == 4 {
+            pick(PREFERRED_FIRST_NAMES, n / 10)
+        } else {
+            ""
+        },
+        middle: if n % 20 == 14 { "Sky" } else { "" },
+        last: if n % 30 == 4 {
+            pick(FAMILY_NAMES, n / 30 + 7)
+        } else {
+            ""
+        },
+        pronouns: if n % 8 == 3 {
+            pick(PRONOUNS, n / 8)
+        } else {
+            ""
+        },
+    }
+}
+
 pub(crate) fn new_student(
     rng: &mut ChaCha8Rng,
     sourced_id: String,
@@ -276,6 +323,8 @@ pub(crate) fn new_student(
         format!("{login}@students.example.org")
     };
     let identifier = format!("{:08}", 10_000_000 + n);
+    let roles = vec![assignment("primary", "student", school)];
+    let p = preferred(n);
     let user = User {
         sourced_id: sourced_id.clone(),
         status: Status::Active,
@@ -290,7 +339,7 @@ pub(crate) fn new_student(
         given_name: name.given.into(),
         family_name: name.family.into(),
         middle_name: name.middle.into(),
-        role: Cow::Borrowed("student"),
+        role: Cow::Borrowed(v1p1_role("student")),
         identifier,
         email,
         sms: String::new(),
@@ -299,6 +348,14 @@ pub(crate) fn new_student(
         orgs: vec![school.to_string()],
         grades: vec![Cow::Borrowed(GRADES[grade % GRADES.len()])],
         password: String::new(),
+        roles,
+        primary_org: Some(school.to_string()),
+        user_profiles: Vec::new(),
+        user_master_identifier: format!("NY{:09}", 200_000_000 + n),
+        preferred_first_name: p.first.into(),
+        preferred_middle_name: p.middle.into(),
+        preferred_last_name: p.last.into(),
+        pronouns: p.pronouns.into(),
         extra: Fields::new(),
     };
     let demo = demographics(rng, sourced_id, 2021 - (grade % 13) as i32, dlm);
@@ -535,9 +592,39 @@ pub fn generate(seed: u64, counts: &Counts) -> Dataset {
         let name = pick_name(&mut rng);
         let login = username(&name, t);
         let mut orgs_of = vec![school_ids[school].clone()];
+        let mut roles = vec![assignment("primary", "teacher", &school_ids[school])];
+        let mut user_profiles = Vec::new();
         if t % 17 == 0 && n_schools > 1 {
-            orgs_of.push(school_ids[(school + 1) % n_schools].clone());
+            let other = &school_ids[(school + 1) % n_schools];
+            orgs_of.push(other.clone());
+            // The district's first teacher also runs the next school for the year; the others
+            // listed at two schools teach at both.
+            roles.push(if t == 0 {
+                RoleAssignment {
+                    begin_date: date(2026, 8, 17),
+                    end_date: date(2027, 6, 19),
+                    ..assignment("secondary", "siteAdministrator", other)
+                }
+            } else {
+                assignment("secondary", "teacher", other)
+            });
         }
+        if t % 5 == 0 {
+            let profile_id = format!("urn:lakeview:lms:T{t:06}");
+            roles[0].user_profile = Some(profile_id.clone());
+            user_profiles.push(UserProfile {
+                profile_id,
+                profile_type: Cow::Borrowed("lms"),
+                vendor_id: "lakeview-lms".into(),
+                application_id: String::new(),
+                description: "Learning management system account".into(),
+                credentials: vec![ProfileCredential {
+                    credential_type: Cow::Borrowed("username"),
+                    username: login.clone(),
+                }],
+            });
+        }
+        let p = preferred(t);
         let dlm = earlier(&mut rng, clock);
         users.push(User {
             sourced_id: id.clone(),
@@ -553,7 +640,7 @@ pub fn generate(seed: u64, counts: &Counts) -> Dataset {
             given_name: name.given.into(),
             family_name: name.family.into(),
             middle_name: name.middle.into(),
-            role: Cow::Borrowed("teacher"),
+            role: Cow::Borrowed(v1p1_role("teacher")),
             identifier: format!("T{t:06}"),
             email: format!("{login}@example.org"),
             sms: String::new(),
@@ -562,6 +649,14 @@ pub fn generate(seed: u64, counts: &Counts) -> Dataset {
             orgs: orgs_of,
             grades: Vec::new(),
             password: String::new(),
+            roles,
+            primary_org: Some(school_ids[school].clone()),
+            user_profiles,
+            user_master_identifier: format!("NYE{t:07}"),
+            preferred_first_name: p.first.into(),
+            preferred_middle_name: p.middle.into(),
+            preferred_last_name: p.last.into(),
+            pronouns: p.pronouns.into(),
             extra: Fields::new(),
         });
         if t % 3 == 0 {
@@ -572,7 +667,29 @@ pub fn generate(seed: u64, counts: &Counts) -> Dataset {
     for a in 0..counts.staff {
         let name = pick_name(&mut rng);
         let login = username(&name, a);
-        let role = if a % 3 == 2 { "aide" } else { "administrator" };
+        // 1.2 splits 1.1's administrator: site administrators, principals and counselors here
+        // (all `administrator` on the 1.1 wire); the first three staff hold a second role.
+        let school = &school_ids[a % n_schools];
+        let primary = match (a % 3, (a / 3) % 2) {
+            (2, _) => "aide",
+            (0, _) => "siteAdministrator",
+            (_, 0) => "principal",
+            _ => "counselor",
+        };
+        let mut roles = vec![assignment("primary", primary, school)];
+        match a {
+            0 => roles.push(assignment(
+                "secondary",
+                "districtAdministrator",
+                DISTRICT_ID,
+            )),
+            1 => roles.push(RoleAssignment {
+                begin_date: date(2026, 8, 17),
+                ..assignment("secondary", "counselor", school)
+            }),
+            2 => roles.push(assignment("secondary", "ext:paraprofessional", school)),
+            _ => {}
+        }
         users.push(User {
             sourced_id: format!("adm-{a}"),
             status: Status::Active,
@@ -584,7 +701,7 @@ pub fn generate(seed: u64, counts: &Counts) -> Dataset {
             given_name: name.given.into(),
             family_name: name.family.into(),
             middle_name: String::new(),
-            role: Cow::Borrowed(role),
+            role: Cow::Borrowed(v1p1_role(primary)),
             identifier: format!("A{a:04}"),
             email: if a % 4 == 3 {
                 String::new()
@@ -594,9 +711,17 @@ pub fn generate(seed: u64, counts: &Counts) -> Dataset {
             sms: String::new(),
             phone: String::new(),
             agents: Vec::new(),
-            orgs: vec![school_ids[a % n_schools].clone()],
+            orgs: vec![school.clone()],
             grades: Vec::new(),
             password: String::new(),
+            roles,
+            primary_org: Some(school.clone()),
+            user_profiles: Vec::new(),
+            user_master_identifier: String::new(),
+            preferred_first_name: String::new(),
+            preferred_middle_name: String::new(),
+            preferred_last_name: String::new(),
+            pronouns: String::new(),
             extra: Fields::new(),
         });
     }

@@ -1,4 +1,6 @@
-//! A OneRoster 1.1 simulator imitating a ClassLink Roster Server for one synthetic district.
+//! A OneRoster simulator imitating a ClassLink Roster Server for one synthetic district: the
+//! same data served as OneRoster 1.1 (at [`BASE_PATH`], ClassLink's wire format) and as
+//! OneRoster 1.2 Rostering (at [`BASE_PATH_V1P2`]).
 //!
 //! Used in-process by the main crate's tests ([`spawn`] on port 0), and as the `oneroster-sim`
 //! binary by the README demo and the benchmarks. It is a test tool: credentials are test values
@@ -24,10 +26,11 @@ pub use faults::{Faults, Stats};
 pub use generate::{Counts, Tier, generate};
 pub use model::{
     AcademicSession, Class, Collection, Course, Dataset, Demographics, Enrollment, Fields, Org,
-    Periods, Record, Status, Text, User, UserId,
+    Periods, ProfileCredential, Record, RoleAssignment, Status, Text, User, UserId, UserProfile,
+    v1p1_role, v1p2_role,
 };
 pub use scenario::{ChangeLog, CollectionChanges, Scenario};
-pub use server::{BASE_PATH, HREF_BASE};
+pub use server::{BASE_PATH, BASE_PATH_V1P2, HREF_BASE, HREF_BASE_V1P2};
 pub use wire::format_timestamp;
 
 /// How to build and run a simulated district.
@@ -43,6 +46,9 @@ pub struct SimConfig {
     /// Over the cap: `true` returns a short page silently (the field failure mode), `false`
     /// answers 400.
     pub clamp_silently: bool,
+    /// Users on the 1.1 wire also carry the 1.2 `roles[]` array (next to `role` and `orgs`), as
+    /// some ClassLink districts send it. The 1.2 wire always has it.
+    pub v1p1_roles: bool,
 }
 
 impl SimConfig {
@@ -54,6 +60,7 @@ impl SimConfig {
             token_ttl: Duration::from_secs(3600),
             page_cap: None,
             clamp_silently: false,
+            v1p1_roles: false,
         }
     }
 }
@@ -106,6 +113,11 @@ impl SimHandle {
     /// `http://127.0.0.1:PORT/ims/oneroster/v1p1`, no trailing slash.
     pub fn base_url(&self) -> String {
         format!("http://{}{}", self.addr, BASE_PATH)
+    }
+
+    /// `http://127.0.0.1:PORT/ims/oneroster/rostering/v1p2`, no trailing slash.
+    pub fn base_url_v1p2(&self) -> String {
+        format!("http://{}{}", self.addr, BASE_PATH_V1P2)
     }
 
     pub fn token_url(&self) -> String {

@@ -1,4 +1,4 @@
-//! `oneroster-sim`: serves a synthetic ClassLink OneRoster 1.1 district over HTTP.
+//! `oneroster-sim`: serves a synthetic ClassLink district over HTTP, as OneRoster 1.1 and 1.2.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -16,7 +16,16 @@ enum TierArg {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "oneroster-sim", version, about)]
+#[command(
+    name = "oneroster-sim",
+    version,
+    about,
+    after_help = "Serves the same district as OneRoster 1.1 at /ims/oneroster/v1p1/... (ClassLink's \
+                  wire format) and as OneRoster 1.2 Rostering at /ims/oneroster/rostering/v1p2/...: \
+                  orgs, academicSessions, courses, classes, users, enrollments, demographics and \
+                  single objects. Tokens from POST /oauth2/token; control API under /__sim \
+                  (loopback only)."
+)]
 struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8900")]
@@ -53,6 +62,10 @@ struct Args {
     /// Over the page cap, return a short page silently instead of a 400.
     #[arg(long)]
     clamp_silently: bool,
+    /// Users on the 1.1 wire also carry the 1.2 `roles[]` array, as some ClassLink districts
+    /// send it.
+    #[arg(long)]
+    v1p1_roles: bool,
 }
 
 #[tokio::main]
@@ -88,12 +101,14 @@ async fn main() -> anyhow::Result<()> {
     cfg.token_ttl = args.token_ttl;
     cfg.page_cap = args.page_cap;
     cfg.clamp_silently = args.clamp_silently;
+    cfg.v1p1_roles = args.v1p1_roles;
 
     tracing::info!(seed = args.seed, ?counts, "generating district");
     let sim = oneroster_sim::spawn_on(cfg, args.listen).await?;
     let (users, enrollments) = sim.read(|d| (d.users.len(), d.enrollments.len()));
     tracing::info!(
         base_url = %sim.base_url(),
+        base_url_v1p2 = %sim.base_url_v1p2(),
         token_url = %sim.token_url(),
         control_url = %format!("http://{}/__sim", sim.addr()),
         users,

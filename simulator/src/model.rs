@@ -1,9 +1,10 @@
 //! The district's records, typed, as the simulator stores them.
 //!
-//! Field names follow OneRoster 1.1 in snake_case. Enumerated values that tests may want to
-//! bend (roles, types, sex) are [`Text`] so generated values cost no allocation yet a test can
-//! plant any string. References hold only the target's `sourcedId`; `href` and `type` are
-//! produced when the record is put on the wire.
+//! Field names follow OneRoster 1.1 in snake_case, plus what 1.2 adds (a user's role
+//! assignments, primary org, preferred names...); one district serves both wire versions.
+//! Enumerated values that tests may want to bend (roles, types, sex) are [`Text`] so generated
+//! values cost no allocation yet a test can plant any string. References hold only the target's
+//! `sourcedId`; `href` and `type` are produced when the record is put on the wire.
 
 use std::borrow::Cow;
 
@@ -176,6 +177,67 @@ pub struct UserId {
     pub identifier: String,
 }
 
+/// One of a user's role assignments (OneRoster 1.2 `roles[]`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoleAssignment {
+    /// primary or secondary; a user has exactly one primary assignment.
+    pub role_type: Text,
+    /// 1.2 vocabulary: aide, counselor, districtAdministrator, guardian, parent, principal,
+    /// proctor, relative, siteAdministrator, student, systemAdministrator, teacher, or `ext:...`.
+    pub role: Text,
+    /// Reference to the org the role is held at.
+    pub org: String,
+    /// The `profileId` of one of the user's [`UserProfile`]s.
+    pub user_profile: Option<String>,
+    pub begin_date: Option<NaiveDate>,
+    pub end_date: Option<NaiveDate>,
+}
+
+impl RoleAssignment {
+    pub fn is_primary(&self) -> bool {
+        self.role_type == "primary"
+    }
+}
+
+/// The 1.1 `role` a 1.2 role is sent as: the administrative roles 1.2 split out of 1.1's
+/// `administrator` go back to it; every other value (1.1 vocabulary, `ext:...`) is unchanged.
+pub fn v1p1_role(role: &str) -> &str {
+    match role {
+        "districtAdministrator"
+        | "siteAdministrator"
+        | "principal"
+        | "counselor"
+        | "systemAdministrator" => "administrator",
+        other => other,
+    }
+}
+
+/// The 1.2 role a 1.1 `role` is sent as when a user has no role assignments (a record a test
+/// built by hand): 1.2 has no `administrator`, a school's administrator is `siteAdministrator`.
+pub fn v1p2_role(role: &str) -> &str {
+    match role {
+        "administrator" => "siteAdministrator",
+        other => other,
+    }
+}
+
+/// An account of the user in another system (OneRoster 1.2 `userProfiles[]`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct UserProfile {
+    pub profile_id: String,
+    pub profile_type: Text,
+    pub vendor_id: String,
+    pub application_id: String,
+    pub description: String,
+    pub credentials: Vec<ProfileCredential>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProfileCredential {
+    pub credential_type: Text,
+    pub username: String,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct User {
     pub sourced_id: String,
@@ -188,7 +250,9 @@ pub struct User {
     pub given_name: String,
     pub family_name: String,
     pub middle_name: String,
-    /// administrator, aide, guardian, parent, proctor, relative, student, teacher
+    /// The 1.1 role (administrator, aide, guardian, parent, proctor, relative, student,
+    /// teacher), as the 1.1 wire sends it; for generated users, [`v1p1_role`] of the primary
+    /// role assignment.
     pub role: Text,
     pub identifier: String,
     pub email: String,
@@ -196,10 +260,24 @@ pub struct User {
     pub phone: String,
     /// References to other users (guardians...).
     pub agents: Vec<String>,
-    /// References to orgs (schools).
+    /// References to orgs (schools); the 1.1 wire's `orgs`.
     pub orgs: Vec<String>,
     pub grades: Vec<Text>,
     pub password: String,
+    // From here on, what 1.2 adds (the 1.1 wire sends none of it, unless
+    // `SimConfig::v1p1_roles` asks for `roles`).
+    /// Role assignments. Generated users have a primary one mirroring `role` and the first of
+    /// `orgs`; when empty, the 1.2 wire derives that one from `role` and `orgs`.
+    pub roles: Vec<RoleAssignment>,
+    /// Reference to the user's primary org (`primaryOrg`).
+    pub primary_org: Option<String>,
+    pub user_profiles: Vec<UserProfile>,
+    /// An empty string is an absent value, here and in the names and pronouns below.
+    pub user_master_identifier: String,
+    pub preferred_first_name: String,
+    pub preferred_middle_name: String,
+    pub preferred_last_name: String,
+    pub pronouns: String,
     pub extra: Fields,
 }
 

@@ -1,5 +1,5 @@
-//! The HTTP surface: OneRoster collections and single objects, the OAuth2 token endpoint and the
-//! loopback-only control API.
+//! The HTTP surface: OneRoster 1.1 and 1.2 collections and single objects over the same data,
+//! the OAuth2 token endpoint and the loopback-only control API.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -19,12 +19,36 @@ use crate::auth::{self, IssuedTokens, RequestAuth};
 use crate::faults::{FaultState, Faults, Injected, Stats};
 use crate::model::{Collection, Dataset};
 use crate::scenario::{self, ChangeLog, Scenario};
-use crate::wire::{OnWire, PageOnWire, WireCtx, WireRecord};
+use crate::wire::{OnWire, PageOnWire, Version, WireCtx, WireRecord};
 
+/// Base path of the OneRoster 1.1 endpoints.
 pub const BASE_PATH: &str = "/ims/oneroster/v1p1";
-/// Where record hrefs point: the district's own host, as ClassLink does even through its proxy.
-/// Fixed so that responses are byte-identical whatever port the simulator listens on.
+/// Base path of the OneRoster 1.2 Rostering endpoints.
+pub const BASE_PATH_V1P2: &str = "/ims/oneroster/rostering/v1p2";
+/// Where 1.1 record hrefs point: the district's own host, as ClassLink does even through its
+/// proxy. Fixed so that responses are byte-identical whatever port the simulator listens on.
 pub const HREF_BASE: &str = "https://lakeview-ny-v2.rosterserver.com/ims/oneroster/v1p1";
+/// Where 1.2 record hrefs point.
+pub const HREF_BASE_V1P2: &str =
+    "https://lakeview-ny-v2.rosterserver.com/ims/oneroster/rostering/v1p2";
+
+impl Version {
+    const ALL: [Version; 2] = [Version::V1p1, Version::V1p2];
+
+    fn base_path(self) -> &'static str {
+        match self {
+            Version::V1p1 => BASE_PATH,
+            Version::V1p2 => BASE_PATH_V1P2,
+        }
+    }
+
+    fn href_base(self) -> &'static str {
+        match self {
+            Version::V1p1 => HREF_BASE,
+            Version::V1p2 => HREF_BASE_V1P2,
+        }
+    }
+}
 
 pub(crate) struct DataState {
     pub dataset: Dataset,
@@ -104,14 +128,46 @@ impl Shared {
     pub fn set_faults(&self, faults: Faults) {
         self.control().faults.set(faults);
     }
+
+    /// How a response of this version is rendered.
+    fn wire_ctx<'a>(&self, version: Version, fields: Option<&'a HashSet<String>>) -> WireCtx<'a> {
+        WireCtx {
+            version,
+            v1p1_roles: self.config.v1p1_roles,
+            base_url: version.href_base(),
+            fields,
+        }
+    }
 }
 
 pub(crate) type Sim = Arc<Shared>;
 
 pub(crate) fn router(sim: Sim) -> Router {
-    Router::new()
-        .route(&format!("{BASE_PATH}/{{collection}}"), get(list))
-        .route(&format!("{BASE_PATH}/{{collection}}/{{id}}"), get(single))
+    let mut router = Router::new();
+    for version in Version::ALL {
+        let base = version.base_path();
+        router = router
+            .route(
+                &format!("{base}/{{collection}}"),
+                get(
+                    move |sim: State<Sim>, segment: Path<String>, headers: HeaderMap, uri: Uri| {
+                        list(sim, segment, headers, uri, version)
+                    },
+                ),
+            )
+            .route(
+                &format!("{base}/{{collection}}/{{id}}"),
+                get(
+                    move |sim: State<Sim>,
+                          path: Path<(String, String)>,
+                          headers: HeaderMap,
+                          uri: Uri| {
+                        single(sim, path, headers, uri, version)
+                    },
+                ),
+            );
+    }
+    router
         .route("/oauth2/token", post(token))
         .route("/__sim/scenario", post(control_scenario))
         .route(
@@ -363,7 +419,7 @@ fn parse_clause(text: &str, known: &[&str]) -> Result<Clause, ImsxError> {
     })
 }
 
-fn clause_matches<R: WireRecord>(clause: &Clause, record: &R) -> bool {
+fn clause_matches<R: WireRecord>(clause: &Clause, record: &R, ctx: &WireCtx<'_>) -> bool {
     if let Some(t) = clause.time {
         let v = record.date_last_modified();
         return match clause.op {
@@ -381,9 +437,15 @@ fn clause_matches<R: WireRecord>(clause: &Clause, record: &R) -> bool {
         "sourcedId" => Some(record.sourced_id()),
         "status" => Some(record.status().as_str()),
         field => {
-            // Rare path: render the record to find a generic field's wire value.
-            owned = crate::wire::to_value(record, HREF_BASE);
-            owned.get(field).and_then(|v| v.as_str())
+            // Rare path: render the record to find a generic field's wire value (a 1.2 boolean
+            // compares as its text, `primary='true'`).
+            owned = crate::wire::to_value(record, ctx);
+            match owned.get(field) {
+                Some(serde_json::Value::String(s)) => Some(s.as_str()),
+                Some(serde_json::Value::Bool(true)) => Some("true"),
+                Some(serde_json::Value::Bool(false)) => Some("false"),
+                _ => None,
+            }
         }
     };
     let Some(actual) = actual else {
@@ -397,11 +459,12 @@ fn clause_matches<R: WireRecord>(clause: &Clause, record: &R) -> bool {
     }
 }
 
-fn filter_matches<R: WireRecord>(filter: &Filter, record: &R) -> bool {
+fn filter_matches<R: WireRecord>(filter: &Filter, record: &R, ctx: &WireCtx<'_>) -> bool {
+    let matches = |c| clause_matches(c, record, ctx);
     match filter {
-        Filter::One(c) => clause_matches(c, record),
-        Filter::And(a, b) => clause_matches(a, record) && clause_matches(b, record),
-        Filter::Or(a, b) => clause_matches(a, record) || clause_matches(b, record),
+        Filter::One(c) => matches(c),
+        Filter::And(a, b) => matches(a) && matches(b),
+        Filter::Or(a, b) => matches(a) || matches(b),
     }
 }
 
@@ -411,8 +474,11 @@ struct Page {
     count: usize,
 }
 
-fn check_fields<R: WireRecord>(fields: Option<&HashSet<String>>) -> Result<(), ImsxError> {
-    if let Some(unknown) = fields.and_then(|f| f.iter().find(|f| !R::FIELDS.contains(&f.as_str())))
+fn check_fields<R: WireRecord>(ctx: &WireCtx<'_>) -> Result<(), ImsxError> {
+    let known = R::fields(ctx);
+    if let Some(unknown) = ctx
+        .fields
+        .and_then(|f| f.iter().find(|f| !known.contains(&f.as_str())))
     {
         return Err(ImsxError::bad_request(
             "invalid_selection_field",
@@ -427,12 +493,13 @@ fn render_page<R: WireRecord>(
     q: &ListQuery,
     limit: usize,
     key: &str,
+    ctx: &WireCtx<'_>,
 ) -> Result<Page, ImsxError> {
-    check_fields::<R>(q.fields.as_ref())?;
+    check_fields::<R>(ctx)?;
     let filter = q
         .filter
         .as_deref()
-        .map(|f| parse_filter(f, R::FIELDS))
+        .map(|f| parse_filter(f, R::fields(ctx)))
         .transpose()?;
     let ordered = |i: usize| {
         if q.descending {
@@ -451,7 +518,7 @@ fn render_page<R: WireRecord>(
         Some(filter) => {
             let matching: Vec<&R> = (0..records.len())
                 .map(ordered)
-                .filter(|r| filter_matches(filter, *r))
+                .filter(|r| filter_matches(filter, *r, ctx))
                 .collect();
             let page = matching
                 .iter()
@@ -462,17 +529,10 @@ fn render_page<R: WireRecord>(
             (matching.len(), page)
         }
     };
-    let ctx = WireCtx {
-        base_url: HREF_BASE,
-        fields: q.fields.as_ref(),
-    };
     let count = page.len();
     let envelope = Envelope {
         key,
-        page: PageOnWire {
-            records: page,
-            ctx: &ctx,
-        },
+        page: PageOnWire { records: page, ctx },
     };
     let body = serde_json::to_vec(&envelope).map_err(|e| {
         ImsxError::new(
@@ -501,10 +561,10 @@ impl<R: WireRecord> serde::Serialize for Envelope<'_, R> {
 fn render_one<R: WireRecord>(
     records: &[R],
     id: &str,
-    fields: Option<&HashSet<String>>,
     key: &str,
+    ctx: &WireCtx<'_>,
 ) -> Result<Vec<u8>, ImsxError> {
-    check_fields::<R>(fields)?;
+    check_fields::<R>(ctx)?;
     let record = crate::model::find(records, id).ok_or_else(|| {
         ImsxError::new(
             StatusCode::NOT_FOUND,
@@ -512,12 +572,8 @@ fn render_one<R: WireRecord>(
             format!("no {key} with sourcedId {id:?}"),
         )
     })?;
-    let ctx = WireCtx {
-        base_url: HREF_BASE,
-        fields,
-    };
     let mut m = serde_json::Map::new();
-    let value = serde_json::to_value(OnWire { record, ctx: &ctx }).map_err(|e| {
+    let value = serde_json::to_value(OnWire { record, ctx }).map_err(|e| {
         ImsxError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal_server_error",
@@ -667,6 +723,7 @@ async fn list(
     Path(segment): Path<String>,
     headers: HeaderMap,
     uri: Uri,
+    version: Version,
 ) -> Response {
     let Some(collection) = Collection::from_path(&segment) else {
         let e = ImsxError::new(StatusCode::NOT_FOUND, "unknownobject", "unknown collection");
@@ -676,7 +733,7 @@ async fn list(
         Ok(a) => a,
         Err(r) => return finish(&sim, r.why.into_response(), r.delay).await,
     };
-    let response = match list_page(&sim, collection, uri.query(), admission.truncate) {
+    let response = match list_page(&sim, collection, uri.query(), admission.truncate, version) {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
@@ -688,6 +745,7 @@ fn list_page(
     collection: Collection,
     raw_query: Option<&str>,
     truncate: bool,
+    version: Version,
 ) -> Result<Response, ImsxError> {
     let mut q = parse_list_query(raw_query)?;
     let (reject_filter, ignore_filter, total_ignores_filter) = {
@@ -738,8 +796,9 @@ fn list_page(
             count: 0,
         }
     } else {
+        let ctx = sim.wire_ctx(version, q.fields.as_ref());
         with_records!(state.dataset, collection, |records| render_page(
-            records, &q, limit, key
+            records, &q, limit, key, &ctx
         ))?
     };
     let total = if total_ignores_filter && q.filter.is_some() {
@@ -769,6 +828,7 @@ async fn single(
     Path((segment, id)): Path<(String, String)>,
     headers: HeaderMap,
     uri: Uri,
+    version: Version,
 ) -> Response {
     let Some(collection) = Collection::from_path(&segment) else {
         let e = ImsxError::new(StatusCode::NOT_FOUND, "unknownobject", "unknown collection");
@@ -789,11 +849,9 @@ async fn single(
             ));
         }
         let key = collection.singular();
+        let ctx = sim.wire_ctx(version, q.fields.as_ref());
         let body = with_records!(state.dataset, collection, |records| render_one(
-            records,
-            &id,
-            q.fields.as_ref(),
-            key
+            records, &id, key, &ctx
         ))?;
         let revision = sim.revision_string(&state);
         let mut response = json_response(body);

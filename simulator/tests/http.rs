@@ -1,5 +1,5 @@
 //! The simulator over real HTTP on loopback: paging, auth, filters, faults, scenarios,
-//! determinism. One binary so it links once.
+//! determinism, and the 1.2 wire beside the 1.1 one. One binary so it links once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -8,7 +8,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, KeyInit, Mac};
 use oneroster_sim::{
-    ChangeLog, Collection, Counts, Dataset, Faults, Scenario, SimConfig, SimHandle, Status, spawn,
+    ChangeLog, Collection, Counts, Dataset, Faults, HREF_BASE, HREF_BASE_V1P2, Scenario, SimConfig,
+    SimHandle, Status, spawn, v1p1_role,
 };
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap};
@@ -66,9 +67,18 @@ async fn send(req: reqwest::RequestBuilder) -> Resp {
     }
 }
 
-/// GET `{base}/{path_and_query}` with the static bearer token.
+/// GET `{base}/{path_and_query}` on the 1.1 endpoints with the static bearer token.
 async fn get(sim: &SimHandle, path_and_query: &str) -> Resp {
-    let url = format!("{}/{}", sim.base_url(), path_and_query);
+    get_at(sim, &sim.base_url(), path_and_query).await
+}
+
+/// The same on the 1.2 endpoints.
+async fn get_v1p2(sim: &SimHandle, path_and_query: &str) -> Resp {
+    get_at(sim, &sim.base_url_v1p2(), path_and_query).await
+}
+
+async fn get_at(sim: &SimHandle, base: &str, path_and_query: &str) -> Resp {
+    let url = format!("{base}/{path_and_query}");
     let token = sim.credentials().bearer_token;
     send(
         client()
@@ -801,6 +811,18 @@ async fn control_api_over_http() {
 // ---------------------------------------------------------------- determinism
 
 async fn all_bodies(sim: &SimHandle) -> Vec<String> {
+    let mut out = v1p1_bodies(sim).await;
+    for c in Collection::ALL {
+        out.push(
+            get_v1p2(sim, &format!("{}?limit=10000", c.path()))
+                .await
+                .text,
+        );
+    }
+    out
+}
+
+async fn v1p1_bodies(sim: &SimHandle) -> Vec<String> {
     let mut out = Vec::new();
     for c in Collection::ALL {
         out.push(get(sim, &format!("{}?limit=10000", c.path())).await.text);
@@ -861,4 +883,562 @@ fn generated_district_has_the_requested_shape() {
             .windows(2)
             .all(|w| w[0].sourced_id < w[1].sourced_id)
     );
+}
+
+// ---------------------------------------------------------------- 1.1 unchanged by 1.2
+
+/// FNV-1a over the bodies, each followed by a newline: a fingerprint small enough to pin.
+fn fingerprint(bodies: &[String]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bodies.iter().flat_map(|b| b.bytes().chain([b'\n'])) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Two users of seed 42 exactly as the 1.1 wire sent them before the 1.2 fields existed: a
+/// teacher at two schools (1.2: teacher at one, siteAdministrator at the other) and an
+/// administrator (1.2: siteAdministrator, and districtAdministrator at the district).
+const SEED_42_TEACHER_V1P1: &str = r#"{"sourcedId":"2ddbe23b-4ee7-b7a4-ba92-89a0e52717aa","status":"active","dateLastModified":"2026-10-08T05:40:16.980Z","metadata":{},"username":"øivanova0","userIds":[{"identifier":"T000000","type":"SIS"}],"enabledUser":"true","givenName":"Øystein","familyName":"Ivanova","middleName":"","role":"teacher","identifier":"T000000","email":"øivanova0@example.org","sms":"","phone":"","agents":[],"orgs":[{"href":"https://lakeview-ny-v2.rosterserver.com/ims/oneroster/v1p1/orgs/7_1000","sourcedId":"7_1000","type":"org"},{"href":"https://lakeview-ny-v2.rosterserver.com/ims/oneroster/v1p1/orgs/7_1001","sourcedId":"7_1001","type":"org"}],"grades":[],"password":""}"#;
+const SEED_42_ADMIN_V1P1: &str = r#"{"sourcedId":"adm-0","status":"active","dateLastModified":"2026-09-21T21:45:08.189Z","metadata":{},"username":"nsøndergaard0","userIds":[],"enabledUser":"true","givenName":"Ngọc","familyName":"Søndergaard","middleName":"","role":"administrator","identifier":"A0000","email":"nsøndergaard0@example.org","sms":"","phone":"","agents":[],"orgs":[{"href":"https://lakeview-ny-v2.rosterserver.com/ims/oneroster/v1p1/orgs/7_1000","sourcedId":"7_1000","type":"org"}],"grades":[],"password":""}"#;
+
+#[tokio::test]
+async fn v1p1_bytes_are_what_they_were_before_1_2() {
+    // Fingerprints taken from the simulator as it was before it served 1.2: the whole tiny
+    // district of seed 42, then the same after a day of churn (seed 3) and the term rollover.
+    let sim = tiny(42).await;
+    let bodies = v1p1_bodies(&sim).await;
+    assert_eq!(fingerprint(&bodies), 0x4ffe_447a_f39f_a2dc);
+    assert!(bodies[4].contains(SEED_42_TEACHER_V1P1), "{}", bodies[4]);
+    assert!(bodies[4].contains(SEED_42_ADMIN_V1P1));
+    sim.apply(Scenario::DayOfChurn { seed: 3 });
+    sim.apply(Scenario::TermRollover);
+    assert_eq!(fingerprint(&v1p1_bodies(&sim).await), 0x9c90_0a68_ba23_8023);
+}
+
+// ---------------------------------------------------------------- 1.2
+
+fn keys(record: &Value) -> BTreeSet<&str> {
+    record
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect()
+}
+
+fn assert_ref(r: &Value, collection: &str, ref_type: &str) {
+    let id = r["sourcedId"].as_str().unwrap();
+    assert_eq!(
+        r["href"].as_str().unwrap(),
+        format!("{HREF_BASE_V1P2}/{collection}/{id}")
+    );
+    assert_eq!(r["type"], ref_type);
+}
+
+#[tokio::test]
+async fn v1p2_speaks_1_2() {
+    let sim = tiny(42).await;
+    let data = sim.snapshot();
+
+    let users = get_v1p2(&sim, "users?limit=1000").await;
+    assert_eq!(users.status, 200);
+    let users = users.json();
+    let users = users["users"].as_array().unwrap();
+    assert_eq!(users.len(), data.users.len());
+    for (u, model) in users.iter().zip(&data.users) {
+        assert_eq!(u["sourcedId"], model.sourced_id.as_str());
+        assert_eq!(u["enabledUser"], true, "a JSON boolean");
+        for gone in ["role", "orgs", "sms", "phone", "password"] {
+            assert!(u.get(gone).is_none(), "{gone} in {u}");
+        }
+        for present in ["userIds", "agents", "grades", "userProfiles", "roles"] {
+            assert!(u[present].is_array(), "{present} in {u}");
+        }
+        let roles = u["roles"].as_array().unwrap();
+        let primary: Vec<&Value> = roles
+            .iter()
+            .filter(|r| r["roleType"] == "primary")
+            .collect();
+        assert_eq!(primary.len(), 1, "{u}");
+        assert!(
+            roles
+                .iter()
+                .all(|r| r["roleType"] == "secondary" || r == primary[0])
+        );
+        for r in roles {
+            assert_ref(&r["org"], "orgs", "org");
+        }
+        // The primary role is the 1.1 role and first org, in 1.2 words.
+        let role = primary[0]["role"].as_str().unwrap();
+        assert_eq!(v1p1_role(role), model.role);
+        assert_ne!(role, "administrator", "not a 1.2 role");
+        assert_eq!(primary[0]["org"]["sourcedId"], model.orgs[0].as_str());
+        assert_eq!(u["primaryOrg"], primary[0]["org"]);
+        // Absent values are left out, not sent as "".
+        assert_eq!(u.get("middleName").is_some(), !model.middle_name.is_empty());
+        assert_eq!(u.get("email").is_some(), !model.email.is_empty());
+        assert!(!u.as_object().unwrap().values().any(|v| v == ""), "{u}");
+    }
+    let student = users
+        .iter()
+        .find(|u| u["roles"][0]["role"] == "student")
+        .unwrap();
+    assert!(
+        student["userMasterIdentifier"]
+            .as_str()
+            .unwrap()
+            .starts_with("NY")
+    );
+    assert_eq!(student["grades"].as_array().unwrap().len(), 1);
+    let preferred = users
+        .iter()
+        .filter(|u| u.get("preferredFirstName").is_some());
+    assert!(preferred.count() >= 5);
+    assert!(users.iter().any(|u| u.get("preferredMiddleName").is_some()));
+    assert!(users.iter().any(|u| u.get("preferredLastName").is_some()));
+    assert!(users.iter().any(|u| u["pronouns"] == "they/them"));
+    // A profile is referenced by the role it serves.
+    let with_profile = users
+        .iter()
+        .find(|u| !u["userProfiles"].as_array().unwrap().is_empty())
+        .unwrap();
+    let profile = &with_profile["userProfiles"][0];
+    assert_eq!(
+        with_profile["roles"][0]["userProfile"],
+        profile["profileId"]
+    );
+    assert_eq!(profile["profileType"], "lms");
+    assert!(profile["credentials"][0]["username"].is_string());
+
+    let demo = get_v1p2(&sim, "demographics?limit=1000").await.json();
+    for d in demo["demographics"].as_array().unwrap() {
+        for flag in [
+            "americanIndianOrAlaskaNative",
+            "asian",
+            "blackOrAfricanAmerican",
+            "nativeHawaiianOrOtherPacificIslander",
+            "white",
+            "demographicRaceTwoOrMoreRaces",
+            "hispanicOrLatinoEthnicity",
+        ] {
+            assert!(d[flag].is_boolean(), "{flag} in {d}");
+        }
+        let sex = d["sex"].as_str().unwrap();
+        assert!(
+            ["female", "male", "other", "unspecified"].contains(&sex),
+            "{sex}"
+        );
+        assert!(d["birthDate"].as_str().unwrap().len() == 10);
+        assert!(!d.as_object().unwrap().values().any(|v| v == ""), "{d}");
+    }
+    // 1.1-era spellings (the generator plants M, Female, X...) go out in 1.2's words; a value
+    // nobody knows goes out as it is, an empty one not at all.
+    let planted = [
+        ("M", Some("male")),
+        ("Female", Some("female")),
+        ("X", Some("other")),
+    ];
+    let planted = planted
+        .into_iter()
+        .chain([("wizard", Some("wizard")), ("", None)]);
+    for (i, (stored, sent)) in planted.enumerate() {
+        let id = data.demographics[i].sourced_id.clone();
+        sim.with_data(|d| d.demographics[i].sex = stored.into());
+        let one = get_v1p2(&sim, &format!("demographics/{id}")).await.json();
+        assert_eq!(one["demographics"].get("sex").and_then(Value::as_str), sent);
+        let old = get(&sim, &format!("demographics/{id}")).await.json();
+        assert_eq!(
+            old["demographics"]["sex"], stored,
+            "1.1 sends what is stored"
+        );
+    }
+
+    let sessions = get_v1p2(&sim, "academicSessions").await.json();
+    for s in sessions["academicSessions"].as_array().unwrap() {
+        assert_eq!(s["schoolYear"], "2027");
+        assert!(s["startDate"].is_string() && s["endDate"].is_string());
+    }
+    let year = get_v1p2(&sim, "academicSessions/sy-2026-2027").await.json();
+    assert!(
+        year["academicSession"].get("parent").is_none(),
+        "absent, not \"\""
+    );
+    assert_ref(
+        &year["academicSession"]["children"][0],
+        "academicSessions",
+        "academicSession",
+    );
+
+    let orgs = get_v1p2(&sim, "orgs").await.json();
+    let district = orgs["orgs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["type"] == "district")
+        .unwrap();
+    assert!(district.get("parent").is_none());
+    assert_ref(&district["children"][0], "orgs", "org");
+
+    let course = get_v1p2(&sim, "courses?limit=1").await.json();
+    assert_ref(
+        &course["courses"][0]["schoolYear"],
+        "academicSessions",
+        "academicSession",
+    );
+    assert_ref(&course["courses"][0]["org"], "orgs", "org");
+
+    let classes = get_v1p2(&sim, "classes?limit=1000").await.json();
+    for c in classes["classes"].as_array().unwrap() {
+        assert!(
+            c["periods"].is_array(),
+            "1.2 periods are always an array: {c}"
+        );
+        assert_ref(&c["course"], "courses", "course");
+        assert_ref(&c["school"], "orgs", "org");
+        assert_ref(&c["terms"][0], "academicSessions", "academicSession");
+        assert!(!c.as_object().unwrap().values().any(|v| v == ""), "{c}");
+    }
+
+    let enrollments = get_v1p2(&sim, "enrollments?limit=10000").await.json();
+    let enrollments = enrollments["enrollments"].as_array().unwrap();
+    assert!(enrollments.iter().any(|e| e["primary"] == true));
+    for e in enrollments {
+        assert!(e["primary"].is_boolean());
+        assert!(["student", "teacher"].contains(&e["role"].as_str().unwrap()));
+        assert!(e["beginDate"].is_string() && e["endDate"].is_string());
+        assert_ref(&e["user"], "users", "user");
+        assert_ref(&e["class"], "classes", "class");
+        assert_ref(&e["school"], "orgs", "org");
+    }
+
+    // Single objects, with the same envelopes as 1.1.
+    let id = &data.users[0].sourced_id;
+    let one = get_v1p2(&sim, &format!("users/{id}")).await;
+    assert_eq!(one.status, 200);
+    assert_eq!(one.json()["user"], users[0]);
+    let did = &data.demographics[0].sourced_id;
+    let d = get_v1p2(&sim, &format!("demographics/{did}")).await.json();
+    assert_eq!(d["demographics"]["sourcedId"], did.as_str());
+    let missing = get_v1p2(&sim, "users/does-not-exist").await;
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.code_minor(), "unknownobject");
+    assert_eq!(get_v1p2(&sim, "widgets").await.status, 404);
+}
+
+#[tokio::test]
+async fn users_hold_several_roles_at_several_orgs() {
+    let sim = tiny(42).await;
+    let data = sim.snapshot();
+
+    // Every generated user: one primary assignment, mirroring the 1.1 role and first org.
+    for u in &data.users {
+        let primaries: Vec<_> = u.roles.iter().filter(|r| r.is_primary()).collect();
+        assert_eq!(primaries.len(), 1, "{}", u.sourced_id);
+        assert_eq!(v1p1_role(&primaries[0].role), u.role, "{}", u.sourced_id);
+        assert_eq!(primaries[0].org, u.orgs[0]);
+        assert_eq!(u.primary_org.as_ref(), u.orgs.first());
+    }
+
+    // A teacher at one school who is the site administrator of another.
+    let teacher = data
+        .users
+        .iter()
+        .find(|u| {
+            u.roles
+                .iter()
+                .any(|r| r.role == "siteAdministrator" && !r.is_primary())
+        })
+        .unwrap();
+    assert_eq!(teacher.role, "teacher");
+    assert_eq!(teacher.identifier, "T000000");
+    let r = get_v1p2(&sim, &format!("users/{}", teacher.sourced_id))
+        .await
+        .json();
+    let roles = r["user"]["roles"].as_array().unwrap();
+    assert_eq!(roles.len(), 2);
+    assert_eq!(
+        (
+            &roles[0]["roleType"],
+            &roles[0]["role"],
+            &roles[0]["org"]["sourcedId"]
+        ),
+        (
+            &"primary".into(),
+            &"teacher".into(),
+            &teacher.orgs[0].as_str().into()
+        )
+    );
+    assert_eq!(
+        (
+            &roles[1]["roleType"],
+            &roles[1]["role"],
+            &roles[1]["org"]["sourcedId"]
+        ),
+        (
+            &"secondary".into(),
+            &"siteAdministrator".into(),
+            &teacher.orgs[1].as_str().into()
+        )
+    );
+    assert_ne!(teacher.orgs[0], teacher.orgs[1]);
+    assert_eq!(roles[1]["beginDate"], "2026-08-17");
+    assert_eq!(roles[1]["endDate"], "2027-06-19");
+    // The 1.1 wire still sees one teacher at two schools.
+    let old = get(&sim, &format!("users/{}", teacher.sourced_id))
+        .await
+        .json();
+    assert_eq!(old["user"]["role"], "teacher");
+    assert_eq!(old["user"]["orgs"].as_array().unwrap().len(), 2);
+    assert!(old["user"].get("roles").is_none());
+
+    // Staff with roles only 1.2 has, sent as `administrator` on the 1.1 wire.
+    let roles_of = |id: &str| -> Vec<(String, String, String)> {
+        data.user(id)
+            .unwrap()
+            .roles
+            .iter()
+            .map(|r| (r.role_type.to_string(), r.role.to_string(), r.org.clone()))
+            .collect()
+    };
+    let t = |a: &str, b: &str, c: &str| (a.to_string(), b.to_string(), c.to_string());
+    assert_eq!(
+        roles_of("adm-0"),
+        [
+            t("primary", "siteAdministrator", "7_1000"),
+            t("secondary", "districtAdministrator", "district-0001")
+        ]
+    );
+    assert_eq!(
+        roles_of("adm-1"),
+        [
+            t("primary", "principal", "7_1001"),
+            t("secondary", "counselor", "7_1001")
+        ]
+    );
+    assert_eq!(
+        roles_of("adm-2"),
+        [
+            t("primary", "aide", "7_1002"),
+            t("secondary", "ext:paraprofessional", "7_1002")
+        ]
+    );
+    for (id, role) in [
+        ("adm-0", "administrator"),
+        ("adm-1", "administrator"),
+        ("adm-2", "aide"),
+    ] {
+        assert_eq!(
+            get(&sim, &format!("users/{id}")).await.json()["user"]["role"],
+            role
+        );
+    }
+    let ext = get_v1p2(&sim, "users/adm-2").await.json();
+    assert_eq!(ext["user"]["roles"][1]["role"], "ext:paraprofessional");
+
+    // A user a test builds without role assignments still gets a 1.2 primary role.
+    sim.with_data(|d| {
+        let u = d
+            .users
+            .iter_mut()
+            .find(|u| u.sourced_id == "adm-1")
+            .unwrap();
+        u.roles.clear();
+    });
+    let derived = get_v1p2(&sim, "users/adm-1").await.json();
+    assert_eq!(
+        derived["user"]["roles"],
+        serde_json::json!([{"roleType": "primary", "role": "siteAdministrator", "org": {
+            "href": format!("{HREF_BASE_V1P2}/orgs/7_1001"), "sourcedId": "7_1001", "type": "org"}}])
+    );
+}
+
+#[tokio::test]
+async fn v1p2_pages_filters_and_fields_work_as_on_1_1() {
+    let sim = tiny(6).await;
+    let expected: Vec<String> =
+        sim.read(|d| d.users.iter().map(|u| u.sourced_id.clone()).collect());
+    let mut seen = Vec::new();
+    let mut offset = 0;
+    loop {
+        let r = get_v1p2(
+            &sim,
+            &format!("users?limit=7&offset={offset}&sort=sourcedId&orderBy=asc"),
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.total(), expected.len());
+        let page = ids(&r.json(), "users");
+        assert_eq!(r.count(), page.len());
+        if page.is_empty() {
+            break;
+        }
+        seen.extend(page);
+        offset += 7;
+    }
+    assert_eq!(seen, expected);
+    let desc = get_v1p2(&sim, "users?limit=3&orderBy=desc").await;
+    let last_three: Vec<String> = expected.iter().rev().take(3).cloned().collect();
+    assert_eq!(ids(&desc.json(), "users"), last_three);
+    assert_eq!(
+        get_v1p2(&sim, "enrollments").await.count(),
+        100,
+        "spec default limit"
+    );
+    let rev = |r: &Resp| r.header("x-perm-rev").unwrap();
+    assert_eq!(
+        rev(&get_v1p2(&sim, "orgs").await),
+        rev(&get(&sim, "orgs").await),
+        "one data set, one revision"
+    );
+
+    // The delta filter finds the same records on both wires.
+    let cut = sim.read(|d| d.clock);
+    sim.apply(Scenario::DayOfChurn { seed: 9 });
+    let stamp = oneroster_sim::format_timestamp(cut).to_string();
+    let delta = enc(&format!("dateLastModified>'{stamp}'"));
+    let path = format!("users?limit=1000&filter={delta}");
+    let (new, old) = (get_v1p2(&sim, &path).await, get(&sim, &path).await);
+    assert_eq!(ids(&new.json(), "users"), ids(&old.json(), "users"));
+    assert_eq!(new.total(), old.total());
+    assert!(new.total() > 0);
+    let tbd = get_v1p2(
+        &sim,
+        &format!("users?limit=1000&filter={}", enc("status='tobedeleted'")),
+    )
+    .await;
+    assert_eq!(
+        tbd.total(),
+        sim.read(|d| d
+            .users
+            .iter()
+            .filter(|u| u.status == Status::ToBeDeleted)
+            .count())
+    );
+    // A JSON boolean compares as its text; 1.2 users have no `role` field to filter on.
+    let primary = get_v1p2(
+        &sim,
+        &format!("enrollments?limit=10000&filter={}", enc("primary='true'")),
+    )
+    .await;
+    assert_eq!(primary.status, 200);
+    assert_eq!(
+        primary.total(),
+        sim.read(|d| d.enrollments.iter().filter(|e| e.primary).count())
+    );
+    let by_role = format!("users?filter={}", enc("role='student'"));
+    assert_eq!(get_v1p2(&sim, &by_role).await.status, 400);
+    assert_eq!(get(&sim, &by_role).await.status, 200);
+
+    let proj = get_v1p2(
+        &sim,
+        "users?limit=20&fields=sourcedId,roles,preferredFirstName",
+    )
+    .await;
+    assert_eq!(proj.status, 200);
+    for u in proj.json()["users"].as_array().unwrap() {
+        let k = keys(u);
+        assert!(k.contains("sourcedId") && k.contains("roles"));
+        assert!(k.is_subset(&BTreeSet::from([
+            "sourcedId",
+            "roles",
+            "preferredFirstName"
+        ])));
+    }
+    let demo = get_v1p2(&sim, "demographics?limit=3&fields=sourcedId,sex,white").await;
+    for d in demo.json()["demographics"].as_array().unwrap() {
+        assert_eq!(keys(d), BTreeSet::from(["sourcedId", "sex", "white"]));
+        assert!(d["white"].is_boolean());
+    }
+    assert_eq!(
+        get_v1p2(&sim, "users?fields=sourcedId,role").await.status,
+        400
+    );
+    assert_eq!(get(&sim, "users?fields=sourcedId,roles").await.status, 400);
+}
+
+#[tokio::test]
+async fn v1p2_shares_auth_faults_and_scenarios_with_1_1() {
+    let sim = tiny(13).await;
+    let url = format!("{}/users", sim.base_url_v1p2());
+    assert_eq!(send(client().get(&url)).await.status, 401);
+    assert_eq!(
+        send(client().get(&url).header(AUTHORIZATION, "Bearer nope"))
+            .await
+            .status,
+        401
+    );
+
+    sim.set_faults(Faults {
+        status_for: Some(("demographics".into(), 403)),
+        rate_limit_every: Some(3),
+        retry_after_secs: 0,
+        ..Faults::default()
+    });
+    assert_eq!(get_v1p2(&sim, "demographics").await.status, 403);
+    assert_eq!(get(&sim, "orgs").await.status, 200);
+    assert_eq!(
+        get_v1p2(&sim, "orgs").await.status,
+        429,
+        "one counter for both"
+    );
+    sim.set_faults(Faults::default());
+    assert_eq!(sim.stats().per_collection.get("orgs"), Some(&2));
+
+    sim.apply(Scenario::Outage);
+    let empty = get_v1p2(&sim, "users").await;
+    assert_eq!(
+        (empty.status, empty.text.as_str()),
+        (200, r#"{"users":[]}"#)
+    );
+    sim.apply(Scenario::Restore);
+    assert!(get_v1p2(&sim, "users").await.total() > 0);
+}
+
+#[tokio::test]
+async fn the_v1p1_roles_switch_adds_roles_to_1_1_users_and_nothing_else() {
+    let plain = tiny(42).await;
+    let mut cfg = SimConfig::new(42, Counts::tiny());
+    cfg.v1p1_roles = true;
+    let with_roles = spawn(cfg).await.unwrap();
+
+    let a = get(&plain, "users?limit=1000").await.json();
+    let mut b = get(&with_roles, "users?limit=1000").await.json();
+    let users = b["users"].as_array_mut().unwrap();
+    for u in users.iter_mut() {
+        let roles = u.as_object_mut().unwrap().remove("roles").unwrap();
+        let roles = roles.as_array().unwrap();
+        assert_eq!(roles[0]["roleType"], "primary");
+        assert!(
+            roles[0]["org"]["href"]
+                .as_str()
+                .unwrap()
+                .starts_with(HREF_BASE),
+            "1.1 hrefs"
+        );
+        assert!(
+            u["role"].is_string() && u["orgs"].is_array(),
+            "1.1 fields stay"
+        );
+    }
+    assert_eq!(a, b, "users without roles[] are the plain 1.1 users");
+    let teacher = get(&with_roles, "users/2ddbe23b-4ee7-b7a4-ba92-89a0e52717aa")
+        .await
+        .json();
+    assert_eq!(teacher["user"]["role"], "teacher");
+    assert_eq!(teacher["user"]["roles"][1]["role"], "siteAdministrator");
+    let proj = get(&with_roles, "users?limit=2&fields=sourcedId,roles").await;
+    assert_eq!(proj.status, 200);
+    assert_eq!(
+        keys(&proj.json()["users"][0]),
+        BTreeSet::from(["sourcedId", "roles"])
+    );
+    // Other collections are untouched.
+    for c in ["orgs", "classes", "enrollments", "demographics"] {
+        let path = format!("{c}?limit=10000");
+        assert_eq!(
+            get(&plain, &path).await.text,
+            get(&with_roles, &path).await.text
+        );
+    }
 }
