@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use oneroster_sim::{Counts, SimConfig, SimHandle, Tier};
-use oneroster_sync::config::{AuthConfig, DemographicsMode, DistrictConfig, defaults};
+use oneroster_sync::config::{
+    AuthConfig, DemographicsMode, DistrictConfig, OneRosterVersion, defaults,
+};
 use oneroster_sync::oneroster::OneRosterClient;
 use oneroster_sync::pull;
 use url::Url;
@@ -71,6 +73,9 @@ fn district(sim: &SimHandle, page_size: u32, concurrency: usize) -> anyhow::Resu
         trust_revision: true,
         limits: Default::default(),
         demographics_limits: Default::default(),
+        version: OneRosterVersion::V1p1,
+        required_identifier: None,
+        scope: None,
     })
 }
 

@@ -120,13 +120,25 @@ pub enum AuditError {
 /// Audits one district. Fetch failures are findings, not errors: only a client that cannot be
 /// built at all (bad configuration) is an error.
 pub async fn run(district: &DistrictConfig) -> Result<AuditReport, AuditError> {
-    let client = OneRosterClient::new(district).map_err(AuditError::Client)?;
     info!(district = %district.id, "audit started");
     let mut facts = Facts::default();
     let mut failures = Vec::new();
+    let client = match OneRosterClient::connect(district).await {
+        Ok((client, _)) => client,
+        Err(e @ FetchError::InvalidConfig(_)) => return Err(AuditError::Client(e)),
+        Err(e) => {
+            // Finding out the version failed the way the first collection would have.
+            let e = PullError::Fetch(e);
+            failures.push(fetch_finding(Collection::Orgs, &e, district.demographics));
+            OneRosterClient::new(district).map_err(AuditError::Client)?
+        }
+    };
     let snapshot = Snapshot::new(Index::new(false, false), 0, None);
     let mut pull = Pull::new(&client, snapshot, Stage::Report, &mut facts, None);
     'pull: {
+        if !failures.is_empty() {
+            break 'pull;
+        }
         each_collection!(K => {
             if K::COLLECTION != Collection::Demographics || district.demographics.pulled() {
                 let pulled = pull.collection::<K>().await;

@@ -678,8 +678,8 @@ fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
 
 /// `pull --district ID`: every page of every collection, parsed and discarded.
 async fn pull_district(district: &DistrictConfig) -> anyhow::Result<()> {
-    let client = OneRosterClient::new(district)?;
     let started = std::time::Instant::now();
+    let (client, _) = OneRosterClient::connect(district).await?;
     let results = pull::fetch_only(&client, district.demographics).await?;
     let elapsed = started.elapsed();
     let total: usize = results.iter().map(|(_, r, _)| r).sum();

@@ -355,6 +355,57 @@ pub struct DistrictConfig {
     /// Safety limits per entity type (every type has an entry).
     pub limits: BTreeMap<Entity, SafetyLimits>,
     pub demographics_limits: DemographicsLimits,
+    /// Which OneRoster version `base_url` serves (`oneroster_version`).
+    pub version: OneRosterVersion,
+    /// The `userIds` type every user should have (`required_identifier`, audited).
+    pub required_identifier: Option<String>,
+    /// The schools the district is scoped to (`schools`, `school_identifiers`); `None`: all.
+    pub scope: Option<SchoolScope>,
+}
+
+/// `oneroster_version = "1.1" | "1.2" | "auto"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OneRosterVersion {
+    V1p1,
+    V1p2,
+    /// Probe the 1.2 root, fall back to 1.1 (`base_url` may name either; the other root is
+    /// derived on the same host).
+    Auto,
+}
+
+impl OneRosterVersion {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OneRosterVersion::V1p1 => "1.1",
+            OneRosterVersion::V1p2 => "1.2",
+            OneRosterVersion::Auto => "auto",
+        }
+    }
+}
+
+/// The standard roots of the two versions under a host (`{server}{ROOT}`).
+pub const V1P1_ROOT: &str = "/ims/oneroster/v1p1";
+pub const V1P2_ROOT: &str = "/ims/oneroster/rostering/v1p2";
+
+/// The schools a district's sync keeps (CONTRACT-level: classes of these schools, their
+/// enrollments, and the users attached to or enrolled in them).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SchoolScope {
+    /// `schools`: org `sourcedId`s.
+    pub sourced_ids: Vec<String>,
+    /// `school_identifiers`: org `identifier`s (the SIS's school numbers).
+    pub identifiers: Vec<String>,
+}
+
+impl SchoolScope {
+    /// A stable text of the scope, so that a changed scope is noticed between runs.
+    pub fn fingerprint(&self) -> String {
+        format!(
+            "schools={};identifiers={}",
+            self.sourced_ids.join(","),
+            self.identifiers.join(",")
+        )
+    }
 }
 
 /// Whether a district's demographics are pulled (`demographics = ...`).
@@ -558,6 +609,10 @@ struct RawDistrict {
     demographics: Option<RawDemographics>,
     journal_retention: Option<String>,
     trust_revision: Option<bool>,
+    oneroster_version: Option<String>,
+    required_identifier: Option<String>,
+    schools: Option<Vec<String>>,
+    school_identifiers: Option<Vec<String>>,
     max_demographics_clear_percent: Option<f64>,
     max_demographics_clear_count: Option<i64>,
     pause: Option<Vec<String>>,
@@ -919,6 +974,18 @@ impl Settings {
                 put("demographics", d.demographics.as_str().to_owned());
                 put("journal_retention", h(d.journal_retention));
                 put("trust_revision", d.trust_revision.to_string());
+                put("oneroster_version", d.version.as_str().to_owned());
+                if let Some(t) = &d.required_identifier {
+                    put("required_identifier", t.clone());
+                }
+                if let Some(scope) = &d.scope {
+                    if !scope.sourced_ids.is_empty() {
+                        put("schools", scope.sourced_ids.join(", "));
+                    }
+                    if !scope.identifiers.is_empty() {
+                        put("school_identifiers", scope.identifiers.join(", "));
+                    }
+                }
                 put(
                     "demographics_limits",
                     format!(
@@ -1368,6 +1435,7 @@ fn parse_district(
             .ok_or_else(|| scope.key("base_url", "required"))?,
     )?;
     let base_url = without_trailing_slash(base_url);
+    let version = oneroster_version(&scope, raw.oneroster_version.take(), &base_url)?;
 
     let mode = raw.auth.as_deref().unwrap_or("oauth2");
     let secret_source = secret_source(
@@ -1523,9 +1591,97 @@ fn parse_district(
             raw.max_demographics_clear_percent,
             raw.max_demographics_clear_count,
         )?,
+        version,
+        required_identifier: match raw.required_identifier.take() {
+            Some(t) if t.trim().is_empty() => {
+                return Err(scope.key("required_identifier", "must not be empty"));
+            }
+            other => other.map(|t| t.trim().to_owned()),
+        },
+        scope: school_scope(&scope, raw.schools.take(), raw.school_identifiers.take())?,
         id,
     };
     Ok((district, secret_source, pause))
+}
+
+/// `oneroster_version`, checked against the root `base_url` names: a 1.1 root with `"1.2"` (or
+/// the reverse) is a mistake the first request would only report as a 404.
+fn oneroster_version(
+    scope: &Scope,
+    raw: Option<String>,
+    base_url: &Url,
+) -> Result<OneRosterVersion, ConfigError> {
+    let version = match raw.as_deref() {
+        None | Some("1.1") => OneRosterVersion::V1p1,
+        Some("1.2") => OneRosterVersion::V1p2,
+        Some("auto") => OneRosterVersion::Auto,
+        Some(other) => {
+            return Err(scope.key(
+                "oneroster_version",
+                format!(
+                    "must be \"1.1\", \"1.2\" or \"auto\" (got \"{}\")",
+                    other.escape_debug()
+                ),
+            ));
+        }
+    };
+    let path = base_url.path().trim_end_matches('/');
+    let (wrong, right) = match version {
+        OneRosterVersion::V1p1 => (V1P2_ROOT, V1P1_ROOT),
+        OneRosterVersion::V1p2 => (V1P1_ROOT, V1P2_ROOT),
+        OneRosterVersion::Auto => {
+            if !(path.ends_with(V1P1_ROOT) || path.ends_with(V1P2_ROOT)) {
+                return Err(scope.key(
+                    "oneroster_version",
+                    format!(
+                        "\"auto\" derives one version's root from the other's: base_url must end in {V1P1_ROOT} or {V1P2_ROOT} (got {path:?}); name the version instead"
+                    ),
+                ));
+            }
+            return Ok(version);
+        }
+    };
+    if path.ends_with(wrong) {
+        return Err(scope.key(
+            "base_url",
+            format!(
+                "ends in {wrong}, the other version's root, but oneroster_version is \"{}\": use the {right} root, or oneroster_version = \"auto\"",
+                version.as_str()
+            ),
+        ));
+    }
+    Ok(version)
+}
+
+/// `schools` and `school_identifiers`: trimmed, without empties or duplicates; both absent
+/// (or empty) is no scope.
+fn school_scope(
+    scope: &Scope,
+    schools: Option<Vec<String>>,
+    identifiers: Option<Vec<String>>,
+) -> Result<Option<SchoolScope>, ConfigError> {
+    let clean = |key: &str, list: Option<Vec<String>>| -> Result<Vec<String>, ConfigError> {
+        let mut out: Vec<String> = Vec::new();
+        for item in list.unwrap_or_default() {
+            let item = item.trim();
+            if item.is_empty() {
+                return Err(scope.key(key, "has an empty entry"));
+            }
+            if !out.iter().any(|o| o == item) {
+                out.push(item.to_owned());
+            }
+        }
+        Ok(out)
+    };
+    let sourced_ids = clean("schools", schools)?;
+    let identifiers = clean("school_identifiers", identifiers)?;
+    if sourced_ids.is_empty() && identifiers.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(SchoolScope {
+        sourced_ids,
+        identifiers,
+    }))
 }
 
 fn demographics_mode(

@@ -34,7 +34,8 @@ pub fn key(sourced_id: &str) -> Key {
 /// version is not trusted (its rows are written once more, as no change, and the next run
 /// pulls everything). 2: PostgreSQL's own COPY output as the encoding; sets sorted, vocabulary
 /// in its spelling.
-pub const HASH_VERSION: i32 = 2;
+/// 3: users' preferred names, primary org, role assignments and identifiers.
+pub const HASH_VERSION: i32 = 3;
 
 /// The hash of a row's stored form (its COPY line), as the mirror keeps it.
 pub fn row_hash(line: &[u8]) -> i64 {

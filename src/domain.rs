@@ -134,6 +134,30 @@ pub struct User {
     pub org_sourced_ids: Vec<String>,
     /// Joined from the demographics collection before the user is stored.
     pub demographics: Demo,
+    /// OneRoster 1.2 (empty from a 1.1 record).
+    pub preferred_first_name: Option<String>,
+    pub preferred_middle_name: Option<String>,
+    pub preferred_last_name: Option<String>,
+    pub pronouns: Option<String>,
+    /// 1.2's `primaryOrg`; from 1.1, the user's only org when it has exactly one.
+    pub primary_org_sourced_id: Option<String>,
+    /// The user's role at each org, sorted by org and role: 1.2's `roles[]` (or a 1.1 record
+    /// that carries one), else the 1.1 `role` at each of its orgs.
+    pub roles: Vec<RoleAssignment>,
+    /// `userIds[]`: (type, identifier), sorted, without duplicates.
+    pub identifiers: Vec<(String, String)>,
+}
+
+/// A user's role at one org.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RoleAssignment {
+    pub org_sourced_id: String,
+    /// In the vocabulary's spelling (or an `ext:` value as sent).
+    pub role: String,
+    /// `primary` or `secondary`.
+    pub role_type: String,
+    pub begin_date: Option<NaiveDate>,
+    pub end_date: Option<NaiveDate>,
 }
 
 /// The stored gender values, in the order of [`Demo::gender`] codes 1..=4.
@@ -363,6 +387,9 @@ codes! {
     ClassTermDeleted = "class_term_deleted", Warning,
         "a class with a term that is tobedeleted; stored",
         "the class's terms in the SIS (a closed term still referenced)";
+    UserRoleEntryUnusable = "user_role_entry_unusable", Warning,
+        "a roles[] entry without an org, or whose role is outside the vocabulary; left out (the user is stored with its other roles)",
+        "the user's role assignments in the SIS";
     UserOrgMissing = "user_org_missing", Warning,
         "a user with an org that is not in the snapshot; stored",
         "the org's sharing in ClassLink, or the user's schools in the SIS";

@@ -18,7 +18,7 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, SubsecRound, Utc};
 
 use crate::domain::{
     AcademicSession, Class, Code, Course, Demo, Demographics, Enrollment, Finding, GENDERS,
-    MISSING_ID, Org, RACE_NAMES, Status, User,
+    MISSING_ID, Org, RACE_NAMES, RoleAssignment, Status, User,
 };
 use crate::oneroster::wire;
 
@@ -364,19 +364,19 @@ pub fn class(w: wire::Class) -> Normalized<Class> {
 
 pub fn user(w: wire::User) -> Normalized<User> {
     let mut r = Record::open("users", w.sourced_id, w.status)?;
+    let primary_entry = w.roles.iter().find(|entry| {
+        entry
+            .role_type
+            .as_deref()
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case("primary"))
+    });
     // 1.1 `role`; failing that, the 1.2 `roles[]` primary role (or the first one).
     let role = match vocabulary(w.role, USER_ROLES) {
-        Vocab::Absent => {
-            let primary = w.roles.iter().find(|entry| {
-                entry
-                    .role_type
-                    .as_deref()
-                    .is_some_and(|t| t.trim().eq_ignore_ascii_case("primary"))
-            });
-            primary.or(w.roles.first()).map_or(Vocab::Absent, |entry| {
+        Vocab::Absent => primary_entry
+            .or(w.roles.first())
+            .map_or(Vocab::Absent, |entry| {
                 vocabulary(entry.role.clone(), USER_ROLES)
-            })
-        }
+            }),
         sent => sent,
     };
     let role = match role {
@@ -389,6 +389,36 @@ pub fn user(w: wire::User) -> Normalized<User> {
         }
         Vocab::Absent => return Err(r.error(Code::UserRoleMissing, "the user has no role")),
     };
+    let roles = if w.roles.is_empty() {
+        // 1.1: the one role at each of the user's orgs.
+        set(w.orgs.clone())
+            .into_iter()
+            .map(|org| RoleAssignment {
+                org_sourced_id: org,
+                role: role.clone(),
+                role_type: "primary".into(),
+                begin_date: None,
+                end_date: None,
+            })
+            .collect()
+    } else {
+        role_assignments(&mut r, w.roles)
+    };
+    let mut orgs = w.orgs;
+    orgs.extend(roles.iter().map(|a| a.org_sourced_id.clone()));
+    orgs.extend(w.primary_org.clone());
+    let org_sourced_ids = set(orgs);
+    let primary_org_sourced_id = text(w.primary_org).or_else(|| match org_sourced_ids.as_slice() {
+        [only] => Some(only.clone()),
+        _ => None,
+    });
+    let mut identifiers: Vec<(String, String)> = w
+        .user_ids
+        .into_iter()
+        .filter_map(|id| Some((text(id.id_type).unwrap_or_default(), text(id.identifier)?)))
+        .collect();
+    identifiers.sort();
+    identifiers.dedup();
     let user = User {
         source_modified_at: r.modified(w.date_last_modified),
         role,
@@ -400,12 +430,60 @@ pub fn user(w: wire::User) -> Normalized<User> {
         identifier: text(w.identifier),
         enabled: w.enabled_user,
         grades: set(w.grades),
-        org_sourced_ids: set(w.orgs),
+        org_sourced_ids,
         demographics: Demo::default(),
+        preferred_first_name: text(w.preferred_first_name),
+        preferred_middle_name: text(w.preferred_middle_name),
+        preferred_last_name: text(w.preferred_last_name),
+        pronouns: text(w.pronouns),
+        primary_org_sourced_id,
+        roles,
+        identifiers,
         sourced_id: r.sourced_id.clone(),
         status: r.status,
     };
     r.done(user)
+}
+
+/// A `roles[]` array as stored: one assignment per (org, role), the primary one kept when an
+/// org lists a role twice, sorted; unusable entries left out with a warning.
+fn role_assignments(r: &mut Record, entries: Vec<wire::RoleEntry>) -> Vec<RoleAssignment> {
+    let mut out: Vec<RoleAssignment> = Vec::new();
+    let mut unusable = 0;
+    for entry in entries {
+        let (Some(org), Vocab::Known(role)) = (text(entry.org), vocabulary(entry.role, USER_ROLES))
+        else {
+            unusable += 1;
+            continue;
+        };
+        let role_type = match vocabulary(entry.role_type, &["primary", "secondary"]) {
+            Vocab::Known(t) | Vocab::Other(t) => t,
+            Vocab::Absent => "secondary".into(),
+        };
+        out.push(RoleAssignment {
+            org_sourced_id: org,
+            role,
+            role_type,
+            begin_date: r.date("roles.beginDate", entry.begin_date),
+            end_date: r.date("roles.endDate", entry.end_date),
+        });
+    }
+    if unusable > 0 {
+        r.warn(
+            Code::UserRoleEntryUnusable,
+            format!("{unusable} roles[] entries without an org or with a role outside the vocabulary left out"),
+        );
+    }
+    // Primary before secondary for the same (org, role), then one of each.
+    out.sort_by(|a, b| {
+        (&a.org_sourced_id, &a.role, a.role_type != "primary").cmp(&(
+            &b.org_sourced_id,
+            &b.role,
+            b.role_type != "primary",
+        ))
+    });
+    out.dedup_by(|b, a| a.org_sourced_id == b.org_sourced_id && a.role == b.role);
+    out
 }
 
 pub fn enrollment(w: wire::Enrollment) -> Normalized<Enrollment> {
@@ -664,15 +742,105 @@ mod tests {
             wire::RoleEntry {
                 role_type: some("secondary"),
                 role: some("aide"),
+                org: some("s2"),
+                ..Default::default()
             },
             wire::RoleEntry {
                 role_type: some("primary"),
                 role: some("teacher"),
+                org: some("s1"),
+                ..Default::default()
             },
         ];
         assert_eq!(user(w.clone()).unwrap().0.role, "teacher");
         w.roles[1].role_type = some("secondary");
         assert_eq!(user(w).unwrap().0.role, "aide");
+    }
+
+    #[test]
+    fn one_user_with_several_roles_has_one_assignment_per_org_and_role() {
+        let entry = |role: &str, role_type: &str, org: &str| wire::RoleEntry {
+            role_type: some(role_type),
+            role: some(role),
+            org: some(org),
+            ..Default::default()
+        };
+        let mut w = user_w("");
+        w.roles = vec![
+            entry("siteadministrator", "secondary", "s2"),
+            entry("Teacher", "primary", "s1"),
+            entry("teacher", "secondary", "s1"),
+            entry("janitor", "secondary", "s3"),
+            wire::RoleEntry {
+                role: some("aide"),
+                ..Default::default()
+            },
+        ];
+        w.primary_org = some("s1");
+        w.user_ids = vec![
+            wire::UserId {
+                id_type: some("LDAP"),
+                identifier: some("ana@lakeside"),
+            },
+            wire::UserId {
+                id_type: some("SIS"),
+                identifier: some(" 123 "),
+            },
+            wire::UserId {
+                id_type: some("LDAP"),
+                identifier: some("ana@lakeside"),
+            },
+            wire::UserId {
+                id_type: some("SIS"),
+                identifier: some(""),
+            },
+        ];
+        let (u, warnings) = user(w).unwrap();
+        assert_eq!(u.role, "teacher");
+        let roles: Vec<(&str, &str, &str)> = u
+            .roles
+            .iter()
+            .map(|a| {
+                (
+                    a.org_sourced_id.as_str(),
+                    a.role.as_str(),
+                    a.role_type.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            roles,
+            [
+                ("s1", "teacher", "primary"),
+                ("s2", "siteAdministrator", "secondary")
+            ]
+        );
+        assert_eq!(u.org_sourced_ids, ["s1", "s2"]);
+        assert_eq!(u.primary_org_sourced_id.as_deref(), Some("s1"));
+        assert_eq!(
+            u.identifiers,
+            [
+                ("LDAP".to_owned(), "ana@lakeside".to_owned()),
+                ("SIS".to_owned(), "123".to_owned())
+            ]
+        );
+        assert_eq!(codes(&warnings), vec![Code::UserRoleEntryUnusable]);
+        // 1.1: the one role at each org; a single org is the primary one.
+        let mut w = user_w("teacher");
+        w.orgs = vec!["s2".into(), "s1".into()];
+        let (u, _) = user(w.clone()).unwrap();
+        assert_eq!(u.roles.len(), 2);
+        assert!(
+            u.roles
+                .iter()
+                .all(|a| a.role == "teacher" && a.role_type == "primary")
+        );
+        assert_eq!(u.primary_org_sourced_id, None);
+        w.orgs = vec!["s1".into()];
+        assert_eq!(
+            user(w).unwrap().0.primary_org_sourced_id.as_deref(),
+            Some("s1")
+        );
     }
 
     #[test]

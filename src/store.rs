@@ -29,7 +29,7 @@ use sqlx::{PgConnection, PgPool, Row};
 use crate::changeset;
 use crate::db::{copy_out_lines, quote_literal};
 use crate::domain::{Demo, Entity, Status, User};
-use crate::stored::{DEMOGRAPHIC_COLUMNS, column_list, columns};
+use crate::stored::{DEMOGRAPHIC_COLUMNS, column_list, columns, identifiers_from, roles_from};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -95,8 +95,83 @@ pub async fn apply(
         .execute(&mut *conn)
         .await
         .map_err(db("soft-deleting rows"))?;
+        if entity == Entity::Users {
+            derive_user_tables(conn, district, "apply_users").await?;
+        }
     }
     Ok(())
+}
+
+/// `roster.user_roles` and `roster.user_identifiers` of the users in `users` (a table with a
+/// `sourced_id` column: the change set's users, or `roster.users` itself after a first load),
+/// derived again from their rows' `role_assignments` and `identifiers`.
+async fn derive_user_tables(
+    conn: &mut PgConnection,
+    district: &str,
+    users: &str,
+) -> Result<(), StoreError> {
+    let scope = if users == "roster.users" {
+        "WHERE u.district_id = $1".to_owned()
+    } else {
+        String::new()
+    };
+    let source = if users == "roster.users" {
+        "roster.users u".to_owned()
+    } else {
+        format!(
+            "roster.users u JOIN {users} c ON u.district_id = $1 AND u.sourced_id = c.sourced_id"
+        )
+    };
+    let gone = if users == "roster.users" {
+        "DELETE FROM roster.{t} WHERE district_id = $1".to_owned()
+    } else {
+        format!(
+            "DELETE FROM roster.{{t}} r USING {users} c WHERE r.district_id = $1 AND r.user_sourced_id = c.sourced_id"
+        )
+    };
+    for (table, insert) in [
+        (
+            "user_roles",
+            format!(
+                "INSERT INTO roster.user_roles (district_id, user_sourced_id, org_sourced_id, role, role_type, begin_date, end_date)
+                 SELECT $1, u.sourced_id, x ->> 0, x ->> 1, x ->> 2, (x ->> 3)::date, (x ->> 4)::date
+                 FROM {source} CROSS JOIN LATERAL unnest(u.role_assignments) AS e(v)
+                      CROSS JOIN LATERAL (SELECT e.v::jsonb AS x) j {scope}
+                 ON CONFLICT DO NOTHING"
+            ),
+        ),
+        (
+            "user_identifiers",
+            format!(
+                "INSERT INTO roster.user_identifiers (district_id, user_sourced_id, type, identifier)
+                 SELECT $1, u.sourced_id, x ->> 0, x ->> 1
+                 FROM {source} CROSS JOIN LATERAL unnest(u.identifiers) AS e(v)
+                      CROSS JOIN LATERAL (SELECT e.v::jsonb AS x) j {scope}
+                 ON CONFLICT DO NOTHING"
+            ),
+        ),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(gone.replace("{t}", table)))
+            .bind(district)
+            .execute(&mut *conn)
+            .await
+            .map_err(db("deriving the users' roles and identifiers"))?;
+        sqlx::query(sqlx::AssertSqlSafe(insert))
+            .bind(district)
+            .execute(&mut *conn)
+            .await
+            .map_err(db("deriving the users' roles and identifiers"))?;
+    }
+    Ok(())
+}
+
+/// After a first load (rows copied straight into `roster.users`): the district's user roles
+/// and identifiers.
+pub async fn derive_all_user_tables(
+    conn: &mut PgConnection,
+    district: &str,
+) -> Result<(), StoreError> {
+    derive_user_tables(conn, district, "roster.users").await
 }
 
 /// A first load: rows new to the mirror (change-set lines, see `changeset::Line`) go straight
@@ -245,7 +320,9 @@ pub async fn users(store: &PgPool, district: &str, ids: &[&str]) -> Result<Vec<U
     let rows = sqlx::query(
         "SELECT sourced_id, status, role, username, email, given_name, family_name, middle_name,
                 identifier, enabled, grades, org_sourced_ids, gender, hispanic_or_latino, races,
-                source_modified_at
+                source_modified_at, preferred_first_name, preferred_middle_name,
+                preferred_last_name, pronouns, primary_org_sourced_id, role_assignments,
+                identifiers
          FROM roster.users WHERE district_id = $1 AND sourced_id = ANY($2)",
     )
     .bind(district)
@@ -280,6 +357,13 @@ pub async fn users(store: &PgPool, district: &str, ids: &[&str]) -> Result<Vec<U
                     r.try_get("hispanic_or_latino")?,
                     races.as_deref(),
                 ),
+                preferred_first_name: r.try_get("preferred_first_name")?,
+                preferred_middle_name: r.try_get("preferred_middle_name")?,
+                preferred_last_name: r.try_get("preferred_last_name")?,
+                pronouns: r.try_get("pronouns")?,
+                primary_org_sourced_id: r.try_get("primary_org_sourced_id")?,
+                roles: roles_from(&r.try_get::<Vec<String>, _>("role_assignments")?),
+                identifiers: identifiers_from(&r.try_get::<Vec<String>, _>("identifiers")?),
             })
         })
         .collect::<Result<_, _>>()

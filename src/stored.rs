@@ -383,7 +383,76 @@ impl Stored for User {
         c.bool("hispanic_or_latino", d.hispanic_or_latino);
         c.array("races", d.races().as_deref());
         c.timestamp("source_modified_at", self.source_modified_at);
+        c.text("preferred_first_name", self.preferred_first_name.as_deref());
+        c.text(
+            "preferred_middle_name",
+            self.preferred_middle_name.as_deref(),
+        );
+        c.text("preferred_last_name", self.preferred_last_name.as_deref());
+        c.text("pronouns", self.pronouns.as_deref());
+        c.text(
+            "primary_org_sourced_id",
+            self.primary_org_sourced_id.as_deref(),
+        );
+        c.array("role_assignments", Some(&role_elements(&self.roles)));
+        c.array("identifiers", Some(&identifier_elements(&self.identifiers)));
     }
+}
+
+/// A user's role assignments as `roster.users.role_assignments` holds them (and
+/// `roster.user_roles` is derived from): one JSON array `[org, role, role_type, begin_date,
+/// end_date]` per assignment, in the assignments' order.
+pub fn role_elements(roles: &[crate::domain::RoleAssignment]) -> Vec<String> {
+    roles
+        .iter()
+        .map(|a| {
+            let date = |d: Option<NaiveDate>| d.map(|d| d.format("%Y-%m-%d").to_string());
+            serde_json::json!([
+                a.org_sourced_id,
+                a.role,
+                a.role_type,
+                date(a.begin_date),
+                date(a.end_date)
+            ])
+            .to_string()
+        })
+        .collect()
+}
+
+/// A user's identifiers as `roster.users.identifiers` holds them (and
+/// `roster.user_identifiers` is derived from): one JSON array `[type, identifier]` each.
+pub fn identifier_elements(ids: &[(String, String)]) -> Vec<String> {
+    ids.iter()
+        .map(|(t, id)| serde_json::json!([t, id]).to_string())
+        .collect()
+}
+
+/// The role assignments back from their stored elements (unreadable ones are left out).
+pub fn roles_from(elements: &[String]) -> Vec<crate::domain::RoleAssignment> {
+    elements
+        .iter()
+        .filter_map(|e| {
+            let v: Vec<Option<String>> = serde_json::from_str(e).ok()?;
+            let get = |i: usize| v.get(i).cloned().flatten();
+            let date =
+                |i: usize| get(i).and_then(|d| NaiveDate::parse_from_str(&d, "%Y-%m-%d").ok());
+            Some(crate::domain::RoleAssignment {
+                org_sourced_id: get(0)?,
+                role: get(1)?,
+                role_type: get(2)?,
+                begin_date: date(3),
+                end_date: date(4),
+            })
+        })
+        .collect()
+}
+
+/// The identifiers back from their stored elements.
+pub fn identifiers_from(elements: &[String]) -> Vec<(String, String)> {
+    elements
+        .iter()
+        .filter_map(|e| serde_json::from_str::<(String, String)>(e).ok())
+        .collect()
 }
 
 impl Stored for Enrollment {

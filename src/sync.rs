@@ -206,7 +206,7 @@ impl<'a> Run<'a> {
     }
 
     async fn cycle(&mut self) -> Result<Outcome, SyncError> {
-        let client = OneRosterClient::new(self.district)?;
+        let (client, _version) = OneRosterClient::connect(self.district).await?;
         let mut session = self.dbs.state_session().await?;
         let result = self.cycle_in_session(&client, &mut session).await;
         let stats = client.stats();
@@ -346,6 +346,9 @@ impl<'a> Run<'a> {
         } else if direct {
             // The transaction the first load's rows went into.
             self.apply_shared(session, &snapshot.touched).await?;
+            if snapshot.touched.contains(&Entity::Users) {
+                store::derive_all_user_tables(session, &self.district.id).await?;
+            }
             session
                 .execute("COMMIT")
                 .await

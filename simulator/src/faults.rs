@@ -45,8 +45,15 @@ pub struct Faults {
     /// Apply `filter=` to the records but announce the whole collection's size in
     /// `X-Total-Count` (a total counted before the filter).
     pub total_ignores_filter: bool,
+    /// The 1.2 root answers 404 to everything (a server that serves only 1.1).
+    pub without_v1p2: bool,
     /// This collection answers 200 with an HTML login page (a proxy in front of the server).
     pub html_for: Option<String>,
+    /// `x-perm-rev` stays this value whatever the data does (a server whose revision does not
+    /// move with its data).
+    pub frozen_revision: Option<String>,
+    /// The OAuth2 token endpoint answers this status (e.g. 500) instead of a token.
+    pub token_status: Option<u16>,
 }
 
 impl Default for Faults {
@@ -68,7 +75,10 @@ impl Default for Faults {
             reject_filter: false,
             ignore_filter: false,
             total_ignores_filter: false,
+            without_v1p2: false,
             html_for: None,
+            frozen_revision: None,
+            token_status: None,
         }
     }
 }

@@ -103,6 +103,9 @@ impl Shared {
     }
 
     pub fn revision_string(&self, state: &DataState) -> String {
+        if let Some(frozen) = self.control().faults.faults.frozen_revision.clone() {
+            return frozen;
+        }
         if state.outage {
             // A broken upstream does not promise the revision stays put; make it visible.
             format!("{:x}-{}-outage", self.config.seed, state.revision)
@@ -729,6 +732,10 @@ async fn list(
         let e = ImsxError::new(StatusCode::NOT_FOUND, "unknownobject", "unknown collection");
         return e.into_response();
     };
+    if version == Version::V1p2 && sim.control().faults.faults.without_v1p2 {
+        return ImsxError::new(StatusCode::NOT_FOUND, "unknownobject", "no such endpoint")
+            .into_response();
+    }
     let admission = match admit(&sim, &segment, &headers, &uri) {
         Ok(a) => a,
         Err(r) => return finish(&sim, r.why.into_response(), r.delay).await,
@@ -834,6 +841,10 @@ async fn single(
         let e = ImsxError::new(StatusCode::NOT_FOUND, "unknownobject", "unknown collection");
         return e.into_response();
     };
+    if version == Version::V1p2 && sim.control().faults.faults.without_v1p2 {
+        return ImsxError::new(StatusCode::NOT_FOUND, "unknownobject", "no such endpoint")
+            .into_response();
+    }
     let admission = match admit(&sim, &segment, &headers, &uri) {
         Ok(a) => a,
         Err(r) => return finish(&sim, r.why.into_response(), r.delay).await,
@@ -869,7 +880,15 @@ fn oauth_error(status: StatusCode, error: &str) -> Response {
 }
 
 async fn token(State(sim): State<Sim>, headers: HeaderMap, body: Bytes) -> Response {
-    sim.control().stats.token_requests += 1;
+    let injected = {
+        let mut control = sim.control();
+        control.stats.token_requests += 1;
+        control.faults.faults.token_status
+    };
+    if let Some(status) = injected {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return oauth_error(status, "temporarily_unavailable");
+    }
     let form: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
     let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     if field("grant_type").as_deref() != Some("client_credentials") {

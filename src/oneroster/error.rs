@@ -170,7 +170,7 @@ fn not_found_hint(endpoint: Endpoint) -> String {
             "this provider does not serve {}: set `{key}` in the district's configuration (or check base_url)",
             endpoint.name
         ),
-        None => "check base_url (it should end in the OneRoster path, e.g. /ims/oneroster/v1p1)"
+        None => "check base_url (it should end in the OneRoster root, /ims/oneroster/v1p1 for 1.1 or /ims/oneroster/rostering/v1p2 for 1.2) and oneroster_version"
             .to_owned(),
     }
 }

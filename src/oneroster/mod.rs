@@ -21,7 +21,7 @@ use serde_json::value::RawValue;
 pub use error::FetchError;
 pub use wire::{DEMOGRAPHICS_FIELDS, WireRecord};
 
-use crate::config::DistrictConfig;
+use crate::config::{DistrictConfig, OneRosterVersion, V1P1_ROOT, V1P2_ROOT};
 use crate::domain::{Code, Finding, MISSING_ID};
 use auth::{Auth, retryable_status, transport_detail};
 
@@ -169,6 +169,66 @@ impl OneRosterClient {
             retries: AtomicU64::new(0),
             request_micros: AtomicU64::new(0),
         })
+    }
+
+    /// A client for the district's server at the root of the version it speaks: `base_url` as
+    /// configured for `"1.1"` and `"1.2"`; for `"auto"`, the 1.2 root if the server serves it
+    /// (a one-record page of orgs), else the 1.1 root on the same host. Returns the version.
+    pub async fn connect(
+        district: &DistrictConfig,
+    ) -> Result<(OneRosterClient, OneRosterVersion), FetchError> {
+        let mut client = OneRosterClient::new(district)?;
+        let version = match district.version {
+            OneRosterVersion::Auto => client.detect_version().await?,
+            fixed => fixed,
+        };
+        Ok((client, version))
+    }
+
+    async fn detect_version(&mut self) -> Result<OneRosterVersion, FetchError> {
+        let server = self
+            .base
+            .strip_suffix(V1P1_ROOT)
+            .or_else(|| self.base.strip_suffix(V1P2_ROOT))
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                FetchError::InvalidConfig(format!(
+                    "oneroster_version = \"auto\" needs a base_url ending in {V1P1_ROOT} or {V1P2_ROOT}"
+                ))
+            })?;
+        self.base = format!("{server}{V1P2_ROOT}");
+        let fallback = match self.probe::<wire::Org>().await {
+            Ok(_) => {
+                tracing::info!(
+                    version = "1.2",
+                    base_url = %self.base,
+                    "OneRoster version detected: the server serves 1.2"
+                );
+                return Ok(OneRosterVersion::V1p2);
+            }
+            // Not served there (or not to this app): 1.1 it is. Anything else (credentials,
+            // a server that keeps failing) would fail on the 1.1 root too.
+            Err(
+                e @ (FetchError::NotFound { .. }
+                | FetchError::Forbidden { .. }
+                | FetchError::NotJson { .. }
+                | FetchError::Client { .. }),
+            ) => e,
+            Err(e) => return Err(e),
+        };
+        self.base = format!("{server}{V1P1_ROOT}");
+        tracing::info!(
+            version = "1.1",
+            base_url = %self.base,
+            reason = %fallback,
+            "OneRoster version detected: no 1.2 at the 1.2 root, using 1.1"
+        );
+        Ok(OneRosterVersion::V1p1)
+    }
+
+    /// The root requests go to.
+    pub fn base_url(&self) -> &str {
+        &self.base
     }
 
     /// How many page requests this client keeps in flight at most.

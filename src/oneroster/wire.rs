@@ -113,6 +113,21 @@ pub struct RoleEntry {
     pub role_type: Option<String>,
     #[serde(default, deserialize_with = "text")]
     pub role: Option<String>,
+    #[serde(default, deserialize_with = "guid_ref")]
+    pub org: Option<String>,
+    #[serde(default, deserialize_with = "text")]
+    pub begin_date: Option<String>,
+    #[serde(default, deserialize_with = "text")]
+    pub end_date: Option<String>,
+}
+
+/// A `userIds[]` entry: an identifier in another system (SIS, LDAP, the identity provider).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct UserId {
+    #[serde(default, rename = "type", deserialize_with = "text")]
+    pub id_type: Option<String>,
+    #[serde(default, deserialize_with = "text")]
+    pub identifier: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -135,9 +150,22 @@ pub struct User {
     #[serde(default, deserialize_with = "text")]
     pub middle_name: Option<String>,
     #[serde(default, deserialize_with = "text")]
+    pub preferred_first_name: Option<String>,
+    #[serde(default, deserialize_with = "text")]
+    pub preferred_middle_name: Option<String>,
+    #[serde(default, deserialize_with = "text")]
+    pub preferred_last_name: Option<String>,
+    #[serde(default, deserialize_with = "text")]
+    pub pronouns: Option<String>,
+    #[serde(default, deserialize_with = "text")]
     pub role: Option<String>,
+    /// OneRoster 1.2 (and some ClassLink 1.1 districts): a role per org.
     #[serde(default, deserialize_with = "role_entries")]
     pub roles: Vec<RoleEntry>,
+    #[serde(default, deserialize_with = "guid_ref")]
+    pub primary_org: Option<String>,
+    #[serde(default, deserialize_with = "user_ids")]
+    pub user_ids: Vec<UserId>,
     #[serde(default, deserialize_with = "text")]
     pub identifier: Option<String>,
     #[serde(default, deserialize_with = "text")]
@@ -428,6 +456,10 @@ fn text_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
 
 fn role_entries<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<RoleEntry>, D::Error> {
     Ok(Option::<Vec<RoleEntry>>::deserialize(d)?.unwrap_or_default())
+}
+
+fn user_ids<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<UserId>, D::Error> {
+    Ok(Option::<Vec<UserId>>::deserialize(d)?.unwrap_or_default())
 }
 
 #[cfg(test)]

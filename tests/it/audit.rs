@@ -11,7 +11,8 @@ use oneroster_sync::sync::{Outcome, RunOptions};
 use serde_json::{Value, json};
 
 use crate::support::{
-    DISTRICT, Harness, TestDb, district_toml, output_text, run_binary, write_config,
+    DISTRICT, Harness, TestDb, add_org, clear_orgs, district_toml, output_text, run_binary,
+    set_role, write_config,
 };
 
 /// Planted in every demographics record; must never reach the output.
@@ -178,9 +179,9 @@ fn plant_defects(sim: &oneroster_sim::SimHandle) -> Vec<(&'static str, String)> 
         let staff: Vec<usize> = (0..ds.users.len())
             .filter(|&i| ds.users[i].role == "administrator" || ds.users[i].role == "aide")
             .collect();
-        ds.users[staff[0]].role = "janitor".into();
+        set_role(&mut ds.users[staff[0]], "janitor");
         planted.push(("user_role_unknown", ds.users[staff[0]].sourced_id.clone()));
-        ds.users[staff[1]].role = "".into();
+        set_role(&mut ds.users[staff[1]], "");
         planted.push(("user_role_missing", ds.users[staff[1]].sourced_id.clone()));
         ds.users[staff[2]].extra = over(json!({"sourcedId": ""}));
         planted.push(("sourced_id_missing", "<missing>".into()));
@@ -188,9 +189,9 @@ fn plant_defects(sim: &oneroster_sim::SimHandle) -> Vec<(&'static str, String)> 
         planted.push(("status_unknown", ds.users[staff[3]].sourced_id.clone()));
         ds.users[staff[4]].extra = over(json!({"enabledUser": {"not": "a flag"}}));
         planted.push(("record_unreadable", ds.users[staff[4]].sourced_id.clone()));
-        ds.users[staff[5]].orgs.push("no-such-org".into());
+        add_org(&mut ds.users[staff[5]], "no-such-org");
         planted.push(("user_org_missing", ds.users[staff[5]].sourced_id.clone()));
-        ds.users[staff[5]].orgs.push("zz-closed-school".into());
+        add_org(&mut ds.users[staff[5]], "zz-closed-school");
         planted.push(("user_org_deleted", ds.users[staff[5]].sourced_id.clone()));
 
         let teachers: Vec<usize> = (0..ds.users.len())
@@ -205,11 +206,21 @@ fn plant_defects(sim: &oneroster_sim::SimHandle) -> Vec<(&'static str, String)> 
         twin.given_name = "Twin".into();
         planted.push(("duplicate_sourced_id", twin.sourced_id.clone()));
         ds.users.push(twin);
+        // A roles[] entry with a role outside the vocabulary beside the user's real one.
+        let org = ds.users[teachers[3]].orgs[0].clone();
+        ds.users[teachers[3]].extra = over(json!({"roles": [
+            {"roleType": "primary", "role": "teacher", "org": {"sourcedId": org, "type": "org"}},
+            {"roleType": "secondary", "role": "janitor", "org": {"sourcedId": org, "type": "org"}},
+        ]}));
+        planted.push((
+            "user_role_entry_unusable",
+            ds.users[teachers[3]].sourced_id.clone(),
+        ));
 
         let students: Vec<usize> = (0..ds.users.len())
             .filter(|&i| ds.users[i].role == "student" && active(ds.users[i].status))
             .collect();
-        ds.users[students[0]].orgs.clear();
+        clear_orgs(&mut ds.users[students[0]]);
         planted.push(("user_without_org", ds.users[students[0]].sourced_id.clone()));
         let unrecognized_sex = ds.users[students[1]].sourced_id.clone();
         ds.demographics

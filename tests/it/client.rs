@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use oneroster_sim::{Counts, Faults, SimConfig, SimHandle, spawn, spawn_on};
-use oneroster_sync::config::{AuthConfig, DemographicsMode, DistrictConfig, defaults};
+use oneroster_sync::config::{
+    AuthConfig, DemographicsMode, DistrictConfig, OneRosterVersion, defaults,
+};
 use oneroster_sync::oneroster::wire;
 use oneroster_sync::oneroster::{
     DEMOGRAPHICS_FIELDS, FetchError, OneRosterClient, Page, PullQuery, WireRecord,
@@ -53,6 +55,9 @@ fn district(sim: &SimHandle, auth: AuthConfig) -> DistrictConfig {
         trust_revision: true,
         demographics_limits: Default::default(),
         limits: Default::default(),
+        version: OneRosterVersion::V1p1,
+        required_identifier: None,
+        scope: None,
     }
 }
 

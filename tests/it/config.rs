@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use oneroster_sync::config::{AuthConfig, DemographicsMode, EnvSource, LogFormat, Settings};
+use oneroster_sync::config::{
+    AuthConfig, DemographicsMode, EnvSource, LogFormat, OneRosterVersion, Settings,
+};
 use secrecy::ExposeSecret;
 
 const DB: &str = "[database]\nurl = \"postgres://sync@127.0.0.1:5432/oneroster_sync\"\n";
@@ -912,5 +914,61 @@ fn safety_limit_errors_name_the_district_and_key() {
             "[districts.limits.users]\nmax_delete_cuont = 1",
         )),
         &["lakeside", "max_delete_cuont"],
+    );
+}
+
+#[test]
+fn the_oneroster_version_must_match_the_root_base_url_names() {
+    let d = district(&with_inline_secret("")).unwrap();
+    assert_eq!(d.districts[0].version, OneRosterVersion::V1p1);
+    assert_err(
+        district(&with_inline_secret("oneroster_version = \"1.2\"")),
+        &[
+            "district \"lakeside\"",
+            "base_url",
+            "/ims/oneroster/v1p1",
+            "oneroster_version = \"auto\"",
+        ],
+    );
+    assert_err(
+        district(&with_inline_secret("oneroster_version = \"2.0\"")),
+        &["oneroster_version", "\"1.1\", \"1.2\" or \"auto\""],
+    );
+    let auto = district(&with_inline_secret("oneroster_version = \"auto\"")).unwrap();
+    assert_eq!(auto.districts[0].version, OneRosterVersion::Auto);
+    // "auto" needs a standard root to derive the other one from.
+    let odd = district(&format!(
+        "id = \"lakeside\"\nbase_url = \"https://sis.example.org/api\"\n\
+         token_url = \"https://sis.example.org/token\"\nclient_id = \"c\"\nclient_secret = \"{CANARY}\"\n\
+         oneroster_version = \"auto\"\n"
+    ));
+    assert_err(odd, &["oneroster_version", "/ims/oneroster/rostering/v1p2"]);
+}
+
+#[test]
+fn schools_and_required_identifier_are_read_clean() {
+    let d = district(&with_inline_secret(
+        "schools = [\" 7_1000 \", \"7_1001\", \"7_1000\"]\nschool_identifiers = [\"1002\"]\nrequired_identifier = \"LDAP\"",
+    ))
+    .unwrap();
+    let d = &d.districts[0];
+    let scope = d.scope.as_ref().unwrap();
+    assert_eq!(scope.sourced_ids, ["7_1000", "7_1001"]);
+    assert_eq!(scope.identifiers, ["1002"]);
+    assert_eq!(d.required_identifier.as_deref(), Some("LDAP"));
+    assert!(
+        district(&with_inline_secret("schools = []"))
+            .unwrap()
+            .districts[0]
+            .scope
+            .is_none()
+    );
+    assert_err(
+        district(&with_inline_secret("schools = [\"\"]")),
+        &["schools", "empty entry"],
+    );
+    assert_err(
+        district(&with_inline_secret("required_identifier = \" \"")),
+        &["required_identifier", "must not be empty"],
     );
 }

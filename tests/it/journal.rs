@@ -7,7 +7,7 @@ use oneroster_sim::{Counts, Scenario, SimConfig};
 use oneroster_sync::sync::{Outcome, RunOptions};
 use serde_json::{Value, json};
 
-use crate::support::{DISTRICT, Harness, output_text, run_binary};
+use crate::support::{DISTRICT, Harness, output_text, run_binary, set_role};
 use crate::sync::{StoreRows, expected, store_rows};
 
 const DEMOGRAPHIC: [&str; 3] = ["gender", "hispanic_or_latino", "races"];
@@ -295,7 +295,7 @@ async fn dry_runs_journal_what_they_would_change_and_history_and_report_agree_in
         u.email = "new@example.org".into();
         u.date_last_modified = now;
         let s = ds.users.iter_mut().find(|u| u.role == "student").unwrap();
-        s.role = "wizard".into();
+        set_role(s, "wizard");
         s.sourced_id.clone()
     });
     let dry = h

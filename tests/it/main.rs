@@ -17,3 +17,4 @@ mod safety;
 mod support;
 mod sync;
 mod unchanged;
+mod versions;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use oneroster_sim::{Counts, Faults, SimConfig, SimHandle, Tier};
 use oneroster_sync::sync::{Outcome, RunReport};
 
-use crate::support::{DISTRICT, Harness, output_text, run_binary};
+use crate::support::{DISTRICT, Harness, output_text, run_binary, version_toml};
 use crate::sync::{StoreRows, assert_store_eq, expected, store_rows};
 
 #[derive(Clone, Copy)]
@@ -20,12 +20,13 @@ enum Mode {
 /// One district entry for `mode`, with the simulator's credentials unless `secret` overrides
 /// them, and `extra` keys (page_size, timeouts...) appended.
 fn district(sim: &SimHandle, mode: Mode, secret: Option<&str>, extra: &str) -> String {
-    district_at(sim, &sim.base_url(), mode, secret, extra)
+    district_at(sim, &version_toml(sim), mode, secret, extra)
 }
 
+/// `root`: the `base_url` line (and any `oneroster_version`).
 fn district_at(
     sim: &SimHandle,
-    base_url: &str,
+    root: &str,
     mode: Mode,
     secret: Option<&str>,
     extra: &str,
@@ -48,7 +49,7 @@ fn district_at(
             secret.unwrap_or(&c.client_secret)
         ),
     };
-    format!("[[districts]]\nid = \"{DISTRICT}\"\nbase_url = \"{base_url}\"\n{auth}{extra}\n")
+    format!("[[districts]]\nid = \"{DISTRICT}\"\n{root}{auth}{extra}\n")
 }
 
 async fn harness(sim: SimConfig, entry: impl FnOnce(&SimHandle) -> String) -> Harness {
@@ -246,6 +247,13 @@ async fn a_stalling_server_is_retried_then_fails_the_run_with_nothing_written() 
     assert!(text.contains("timed out after 3 attempts"), "{text}");
     assert!(text.contains("retries exhausted"), "{text}");
     assert!(!text.contains(&h.sim.credentials().client_secret), "{text}");
+    // The last attempt may reach the server's handler only after the client gave up on it.
+    for _ in 0..20 {
+        if h.sim.stats().per_collection.get("orgs") == Some(&3) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(h.sim.stats().per_collection.get("orgs"), Some(&3));
     assert_eq!(h.db.dump_schemas(&["roster"]), before);
 }
@@ -329,7 +337,13 @@ async fn forbidden_collection_asks_to_share_full_permissions() {
 async fn a_wrong_base_path_is_reported_as_a_bad_base_url() {
     let h = harness(SimConfig::new(7, Counts::tiny()), |s| {
         let base = s.base_url().replace("/v1p1", "/v1p9");
-        district_at(s, &base, Mode::Bearer, None, "max_retries = 3\n")
+        district_at(
+            s,
+            &format!("base_url = \"{base}\"\n"),
+            Mode::Bearer,
+            None,
+            "max_retries = 3\n",
+        )
     })
     .await;
     let error = failed_with(&h.sync().await);
@@ -346,7 +360,13 @@ async fn a_district_that_is_down_is_reported_as_unreachable() {
     let port = closed_port();
     let h = harness(SimConfig::new(7, Counts::tiny()), |s| {
         let base = format!("http://127.0.0.1:{port}/ims/oneroster/v1p1");
-        district_at(s, &base, Mode::Bearer, None, "max_retries = 1\n")
+        district_at(
+            s,
+            &format!("base_url = \"{base}\"\n"),
+            Mode::Bearer,
+            None,
+            "max_retries = 1\n",
+        )
     })
     .await;
     let error = failed_with(&h.sync().await);
@@ -402,4 +422,39 @@ async fn a_run_past_its_deadline_fails_with_nothing_written() {
         "{report:?}"
     );
     assert_eq!(h.db.dump_schemas(&["roster"]), store);
+}
+
+#[tokio::test]
+async fn a_failing_token_endpoint_stops_audit_and_sync_within_one_requests_retries() {
+    let h = harness(SimConfig::new(7, Counts::tiny()), |s| {
+        district(s, Mode::OAuth2, None, "max_retries = 2\n")
+    })
+    .await;
+    h.sim.set_faults(Faults {
+        token_status: Some(500),
+        ..Faults::default()
+    });
+    for args in [
+        vec!["audit", "--district", DISTRICT, "--format", "json"],
+        vec!["sync", "--district", DISTRICT],
+    ] {
+        h.sim.reset_stats();
+        let started = std::time::Instant::now();
+        let out = run_binary(&h.config, &args, &[]).await;
+        let took = started.elapsed();
+        assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+        // One request's retries (1 + max_retries), however many collections ask for a token.
+        assert_eq!(h.sim.stats().token_requests, 3, "{args:?}");
+        assert_eq!(
+            h.sim.stats().total,
+            0,
+            "no collection request without a token"
+        );
+        assert!(took < Duration::from_secs(15), "{args:?} took {took:?}");
+        assert!(
+            output_text(&out).contains("token endpoint"),
+            "{}",
+            output_text(&out)
+        );
+    }
 }

@@ -170,6 +170,10 @@ async fn odd_but_usable_values_are_stored_canonically_and_a_second_run_writes_no
             u.orgs.reverse();
             u.grades.reverse();
             u.role = u.role.to_uppercase().into();
+            // (An `ext:` value is the provider's own, kept as sent.)
+            for r in u.roles.iter_mut().filter(|r| !r.role.starts_with("ext:")) {
+                r.role = r.role.to_uppercase().into();
+            }
         }
         for o in &mut ds.orgs {
             o.org_type = o.org_type.to_uppercase().into();

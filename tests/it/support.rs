@@ -27,13 +27,53 @@ pub struct Harness {
     pub dbs: Databases,
 }
 
+/// What the simulator's wire sends the tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// OneRoster 1.1 (`role` and `orgs`).
+    V1p1,
+    /// 1.1 with 1.2's `roles[]` beside `role` (`SimConfig::v1p1_roles`).
+    V1p1Roles,
+    /// OneRoster 1.2.
+    V1p2,
+}
+
+/// The version the end-to-end tests speak: `TEST_ONEROSTER_VERSION=1.2` runs them against the
+/// simulator's 1.2 wire (`scripts/test` runs them on both).
+pub fn wire() -> Wire {
+    match std::env::var("TEST_ONEROSTER_VERSION").as_deref() {
+        Ok("1.2") => Wire::V1p2,
+        _ => Wire::V1p1,
+    }
+}
+
+/// The simulator's root for [`wire`], with the `oneroster_version` key naming it.
+pub fn version_toml(sim: &SimHandle) -> String {
+    root_toml(sim, wire())
+}
+
+/// The `base_url` (and `oneroster_version`) lines of one wire.
+pub fn root_toml(sim: &SimHandle, wire: Wire) -> String {
+    match wire {
+        Wire::V1p2 => format!(
+            "base_url = \"{}\"\noneroster_version = \"1.2\"\n",
+            sim.base_url_v1p2()
+        ),
+        _ => format!("base_url = \"{}\"\n", sim.base_url()),
+    }
+}
+
 /// A district entry for the simulator (OAuth2 with its credentials) plus `extra` keys.
 pub fn district_toml(sim: &SimHandle, id: &str, extra: &str) -> String {
+    district_toml_at(sim, id, &version_toml(sim), extra)
+}
+
+/// [`district_toml`] with its own `root` lines (`base_url`, `oneroster_version`).
+pub fn district_toml_at(sim: &SimHandle, id: &str, root: &str, extra: &str) -> String {
     let c = sim.credentials();
     format!(
-        "[[districts]]\nid = \"{id}\"\nbase_url = \"{}\"\ntoken_url = \"{}\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\n\
+        "[[districts]]\nid = \"{id}\"\n{root}token_url = \"{}\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\n\
          page_size = 500\nmax_retries = 2\n{extra}\n",
-        sim.base_url(),
         sim.token_url(),
         c.client_id,
         c.client_secret
@@ -219,4 +259,47 @@ pub fn write_config(
     let path = dir.join("oneroster-sync.toml");
     std::fs::write(&path, text).expect("write config");
     path
+}
+
+/// Gives a simulated user `role` on both wires: the 1.1 `role` and every 1.2 role assignment
+/// (`""`: none at all).
+pub fn set_role(u: &mut oneroster_sim::User, role: &str) {
+    u.role = role.to_owned().into();
+    if role.is_empty() {
+        u.roles.clear();
+    }
+    for r in &mut u.roles {
+        r.role = role.to_owned().into();
+    }
+}
+
+/// Attaches a simulated user to one more org on both wires: 1.1's `orgs`, and a secondary
+/// role assignment (the primary role at that org) on 1.2's `roles[]`.
+pub fn add_org(u: &mut oneroster_sim::User, org: &str) {
+    u.orgs.push(org.to_owned());
+    let role = u
+        .roles
+        .iter()
+        .find(|r| r.is_primary())
+        .map(|r| r.role.clone());
+    if let Some(role) = role {
+        u.roles.push(oneroster_sim::RoleAssignment {
+            role_type: "secondary".into(),
+            role,
+            org: org.to_owned(),
+            user_profile: None,
+            begin_date: None,
+            end_date: None,
+        });
+    }
+}
+
+/// Detaches a simulated user from every org on both wires (on 1.2, role assignments with an
+/// empty org reference).
+pub fn clear_orgs(u: &mut oneroster_sim::User) {
+    u.orgs.clear();
+    u.primary_org = None;
+    for r in &mut u.roles {
+        r.org.clear();
+    }
 }

@@ -10,7 +10,7 @@ use oneroster_sync::sync::{Outcome, RunOptions, RunReport, run_once};
 use serde_json::{Value, json};
 
 use crate::support::{
-    DISTRICT, Harness, TestDb, district_toml, output_text, run_binary, write_config,
+    DISTRICT, Harness, TestDb, Wire, district_toml, output_text, run_binary, set_role, write_config,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -84,6 +84,20 @@ const ORG_TYPES: &[&str] = &[
 const SESSION_TYPES: &[&str] = &["gradingPeriod", "schoolYear", "semester", "term"];
 const CLASS_TYPES: &[&str] = &["homeroom", "scheduled"];
 
+/// A roles[] entry as the wire sends it: org, role, role type, begin and end date.
+type SentRole = (String, String, String, Value, Value);
+
+/// A role as stored: the vocabulary's spelling, or an `ext:` value as sent; None for a value
+/// outside both (the roles[] entry is left out).
+fn role_word(value: &str) -> Option<String> {
+    let value = value.trim();
+    if let Some(w) = ROLES.iter().find(|w| w.eq_ignore_ascii_case(value)) {
+        return Some((*w).to_owned());
+    }
+    (value.len() > 4 && value.as_bytes()[..4].eq_ignore_ascii_case(b"ext:"))
+        .then(|| value.to_owned())
+}
+
 fn gender(sex: &str) -> Value {
     match sex.trim().to_lowercase().as_str() {
         "male" | "m" => json!("male"),
@@ -97,6 +111,11 @@ fn gender(sex: &str) -> Value {
 /// The store after syncing `ds`, given what it held before (`prev`, possibly empty): records
 /// absent from `ds` keep their row, deleted; enrollments follow their user and class.
 pub fn expected(ds: &Dataset, prev: &StoreRows) -> StoreRows {
+    expected_on(ds, prev, crate::support::wire())
+}
+
+/// [`expected`] for what one wire sends.
+pub fn expected_on(ds: &Dataset, prev: &StoreRows, wire: Wire) -> StoreRows {
     let mut out = StoreRows::new();
     let orgs = ds.orgs.iter().map(|o| {
         (o.sourced_id.clone(), json!({
@@ -161,12 +180,71 @@ pub fn expected(ds: &Dataset, prev: &StoreRows) -> StoreRows {
                 (gender(&d.sex), json!(d.hispanic_or_latino_ethnicity), json!(races))
             }
         };
+        let v1p2 = wire == Wire::V1p2;
+        // The roles[] the wire carries (the 1.1 wire only when asked to).
+        let sent_roles: Option<Vec<SentRole>> = (v1p2 || wire == Wire::V1p1Roles).then(|| {
+            if u.roles.is_empty() {
+                let derived = u.orgs.first().map(|org| (org.clone(), oneroster_sim::v1p2_role(&u.role).to_owned(), "primary".to_owned(), Value::Null, Value::Null));
+                derived.into_iter().collect()
+            } else {
+                u.roles.iter().map(|r| (r.org.clone(), r.role.to_string(), r.role_type.to_string(), date(r.begin_date), date(r.end_date))).collect()
+            }
+        });
+        let role = match (v1p2, &sent_roles) {
+            (true, Some(roles)) => {
+                let primary = roles.iter().find(|r| r.2 == "primary").or(roles.first());
+                primary.map(|r| vocab(&r.1, ROLES)).unwrap_or(Value::Null)
+            }
+            _ => vocab(&u.role, ROLES),
+        };
+        // One row per (org, role): the primary one of a pair, the vocabulary's spelling.
+        let mut role_rows: BTreeMap<(String, String), Value> = BTreeMap::new();
+        match &sent_roles {
+            None => {
+                for org in set(&u.orgs).as_array().unwrap() {
+                    let org = org.as_str().unwrap().to_owned();
+                    role_rows.insert((org.clone(), role.as_str().unwrap_or_default().to_owned()),
+                        json!([org, role, "primary", null, null]));
+                }
+            }
+            Some(roles) => {
+                for (org, r, kind, begin, end) in roles {
+                    let Some(r) = role_word(r) else { continue };
+                    let kind = if kind.eq_ignore_ascii_case("primary") { "primary" } else { "secondary" };
+                    let key = (org.clone(), r.clone());
+                    if kind == "primary" || !role_rows.contains_key(&key) {
+                        role_rows.insert(key, json!([org, r, kind, begin, end]));
+                    }
+                }
+            }
+        }
+        let mut orgs: Vec<String> = if v1p2 { Vec::new() } else { u.orgs.clone() };
+        orgs.extend(role_rows.keys().map(|(org, _)| org.clone()));
+        if v1p2 {
+            orgs.extend(u.primary_org.clone());
+        }
+        let orgs = set(&orgs);
+        let primary_org = match (&u.primary_org, v1p2, orgs.as_array().unwrap().as_slice()) {
+            (Some(p), true, _) => json!(p),
+            (_, _, [only]) => only.clone(),
+            _ => Value::Null,
+        };
+        let ids: BTreeSet<(String, String)> = u.user_ids.iter()
+            .filter(|i| !i.identifier.trim().is_empty())
+            .map(|i| (i.id_type.trim().to_owned(), i.identifier.trim().to_owned()))
+            .collect();
+        let names = |s: &str| if v1p2 { opt(s) } else { Value::Null };
         (u.sourced_id.clone(), json!({
-            "sourced_id": u.sourced_id, "status": status(u.status), "role": vocab(&u.role, ROLES),
+            "sourced_id": u.sourced_id, "status": status(u.status), "role": role,
             "username": opt(&u.username), "email": opt(&u.email), "given_name": opt(&u.given_name),
             "family_name": opt(&u.family_name), "middle_name": opt(&u.middle_name), "identifier": opt(&u.identifier),
-            "enabled": u.enabled_user, "grades": set(&u.grades), "org_sourced_ids": set(&u.orgs),
+            "enabled": u.enabled_user, "grades": set(&u.grades), "org_sourced_ids": orgs,
             "gender": g, "hispanic_or_latino": h, "races": r, "source_modified_at": ts(u.date_last_modified),
+            "preferred_first_name": names(&u.preferred_first_name), "preferred_middle_name": names(&u.preferred_middle_name),
+            "preferred_last_name": names(&u.preferred_last_name), "pronouns": names(&u.pronouns),
+            "primary_org_sourced_id": primary_org,
+            "roles": role_rows.into_values().collect::<Vec<_>>(),
+            "ids": ids.into_iter().map(|(t, i)| json!([t, i])).collect::<Vec<_>>(),
         }))
     });
     out.insert("users", users.collect());
@@ -252,10 +330,22 @@ pub async fn store_rows(db: &TestDb, district: &str) -> StoreRows {
     let mut out = StoreRows::new();
     for entity in Entity::ALL {
         let table = entity.as_str();
+        // A user's roles and identifiers as roster.user_roles and roster.user_identifiers
+        // hold them (the arrays on roster.users are their stored form).
+        let (dropped, derived) = if entity == Entity::Users {
+            ("- 'role_assignments' - 'identifiers'", "|| jsonb_build_object(
+                'roles', (SELECT coalesce(jsonb_agg(jsonb_build_array(org_sourced_id, role, role_type, begin_date, end_date)
+                                  ORDER BY org_sourced_id, role), '[]')
+                          FROM roster.user_roles r WHERE r.district_id = t.district_id AND r.user_sourced_id = t.sourced_id),
+                'ids', (SELECT coalesce(jsonb_agg(jsonb_build_array(type, identifier) ORDER BY type, identifier), '[]')
+                        FROM roster.user_identifiers i WHERE i.district_id = t.district_id AND i.user_sourced_id = t.sourced_id))")
+        } else {
+            ("", "")
+        };
         let rows: Vec<(String, Value, bool)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT sourced_id, to_jsonb(t) - 'district_id' - 'updated_at' - 'deleted_at'
+            "SELECT sourced_id, (to_jsonb(t) - 'district_id' - 'updated_at' - 'deleted_at' {dropped})
                     || jsonb_build_object('source_modified_at',
-                         to_char(source_modified_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')),
+                         to_char(source_modified_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')) {derived},
                     (status = 'deleted') = (deleted_at IS NOT NULL)
              FROM roster.{table} t WHERE district_id = $1"
         )))
@@ -467,10 +557,10 @@ async fn bad_records_are_skipped_by_id_and_the_rest_lands() {
     let h = Harness::new(Counts::tiny()).await;
     let (bad_role, no_status, orphan) = h.sim.with_data(|ds| {
         let bad_role = ds.users[0].sourced_id.clone();
-        ds.users[0].role = "wizard".into();
+        set_role(&mut ds.users[0], "wizard");
         // A missing required field: users cannot be used without a role.
         let no_status = ds.users[1].sourced_id.clone();
-        ds.users[1].role = "".into();
+        set_role(&mut ds.users[1], "");
         let mut orphan = ds.enrollments[0].clone();
         orphan.sourced_id = "zz-orphan-enrollment".into();
         orphan.user = "no-such-user".into();
@@ -662,7 +752,8 @@ async fn a_separate_store_converges_after_a_crash_between_the_two_databases() {
         "sourced_id": "ghost-user", "status": "deleted", "role": "student", "username": null, "email": null,
         "given_name": null, "family_name": null, "middle_name": null, "identifier": null, "enabled": null,
         "grades": [], "org_sourced_ids": [], "gender": null, "hispanic_or_latino": null, "races": null,
-        "source_modified_at": null,
+        "source_modified_at": null, "preferred_first_name": null, "preferred_middle_name": null,
+        "preferred_last_name": null, "pronouns": null, "primary_org_sourced_id": null, "roles": [], "ids": [],
     });
     ghost["status"] = json!("deleted");
     want.get_mut("users")
@@ -809,7 +900,7 @@ async fn invalid_records_keep_their_row_deleted_ones_come_back_and_enrollments_f
             .iter_mut()
             .find(|u| u.sourced_id == student.sourced_id)
             .unwrap();
-        u.role = "wizard".into();
+        set_role(u, "wizard");
         u.date_last_modified = when;
     });
     let report = h.sync().await;

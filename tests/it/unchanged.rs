@@ -122,3 +122,41 @@ async fn no_shortcut_when_the_revision_is_not_trusted_or_a_full_pull_is_due() {
     .unwrap();
     assert_eq!(stored, "Dry");
 }
+
+#[tokio::test]
+async fn a_revision_that_never_moves_hides_changes_only_until_full_interval_or_a_total_moves() {
+    let h = Harness::new(Counts::tiny()).await;
+    h.sim.set_faults(oneroster_sim::Faults {
+        frozen_revision: Some("rev-forever".into()),
+        ..oneroster_sim::Faults::default()
+    });
+    assert_eq!(h.sync().await.outcome, Outcome::Applied);
+
+    // The data moves, the revision does not, the totals neither: the shortcut believes it.
+    h.sim.with_data(|ds| {
+        let now = ds.next_timestamp();
+        ds.users[0].given_name = "Hidden".into();
+        ds.users[0].date_last_modified = now;
+    });
+    let report = h.sync().await;
+    assert_eq!(report.pull, PullKind::Unchanged, "{report:?}");
+
+    // full_interval bounds it: the next full pull picks the change up.
+    sqlx::query("UPDATE sync.districts SET last_full_pull_at = now() - interval '25 hours'")
+        .execute(&h.dbs.state)
+        .await
+        .unwrap();
+    let report = h.sync().await;
+    assert_eq!(report.pull, PullKind::Full, "{report:?}");
+    assert_eq!(report.counts[&Entity::Users].updated, 1);
+
+    // A collection whose total moves is pulled at once, revision or not.
+    h.sim.with_data(|ds| {
+        let mut extra = ds.users[0].clone();
+        extra.sourced_id = "zz-new-user".into();
+        ds.users.push(extra);
+    });
+    let report = h.sync().await;
+    assert_eq!(report.pull, PullKind::Full, "{report:?}");
+    assert_eq!(report.counts[&Entity::Users].created, 1);
+}
