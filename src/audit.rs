@@ -109,6 +109,35 @@ pub struct AuditReport {
     /// Blocking first, then errors, warnings, info.
     pub findings: Vec<AuditFinding>,
     pub blocking: bool,
+    /// A district scoped to some schools: what the scope keeps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<ScopeReport>,
+}
+
+/// What a district's `schools` / `school_identifiers` keep, per school, and what they leave
+/// out.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScopeReport {
+    pub schools: Vec<SchoolCounts>,
+    /// Configured schools the source does not have (active).
+    pub missing: Vec<String>,
+    /// Records the scope leaves out (not stored; a stored row of one is deleted), per
+    /// collection.
+    pub left_out: BTreeMap<&'static str, u64>,
+}
+
+/// The active records the scope keeps for one school (a user attached to or enrolled at two
+/// schools counts at both).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SchoolCounts {
+    pub sourced_id: String,
+    pub name: Option<String>,
+    pub identifier: Option<String>,
+    pub classes: u64,
+    pub enrollments: u64,
+    pub users: u64,
+    pub students: u64,
+    pub teachers: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -121,7 +150,11 @@ pub enum AuditError {
 /// built at all (bad configuration) is an error.
 pub async fn run(district: &DistrictConfig) -> Result<AuditReport, AuditError> {
     info!(district = %district.id, "audit started");
-    let mut facts = Facts::default();
+    let mut facts = Facts {
+        scoped: district.scope.is_some(),
+        required_identifier: district.required_identifier.clone(),
+        ..Facts::default()
+    };
     let mut failures = Vec::new();
     let client = match OneRosterClient::connect(district).await {
         Ok((client, _)) => client,
@@ -133,7 +166,7 @@ pub async fn run(district: &DistrictConfig) -> Result<AuditReport, AuditError> {
             OneRosterClient::new(district).map_err(AuditError::Client)?
         }
     };
-    let snapshot = Snapshot::new(Index::new(false, false), 0, None);
+    let snapshot = Snapshot::new(Index::new(false, false), 0, None).scoped(district.scope.clone());
     let mut pull = Pull::new(&client, snapshot, Stage::Report, &mut facts, None);
     'pull: {
         if !failures.is_empty() {
@@ -157,6 +190,7 @@ pub async fn run(district: &DistrictConfig) -> Result<AuditReport, AuditError> {
         });
     }
     let tally = std::mem::take(&mut pull.tally);
+    let scope = pull.snapshot.scope.take();
     drop(pull);
     let mut totals: BTreeMap<&'static str, Totals> = BTreeMap::new();
     for &collection in Collection::ALL {
@@ -186,7 +220,29 @@ pub async fn run(district: &DistrictConfig) -> Result<AuditReport, AuditError> {
             }
         }
     }
-    let report = facts.report(&district.id, totals, &tally.findings, failures);
+    let scope = scope.map(|scope| facts.scope_report(&scope));
+    let mut report = facts.report(&district.id, totals, &tally.findings, failures);
+    if let Some(scope) = &scope
+        && !scope.missing.is_empty()
+    {
+        report.findings.insert(
+            0,
+            AuditFinding {
+                code: "scope_school_missing",
+                severity: AuditSeverity::Error,
+                blocking: true,
+                entity: "orgs",
+                count: scope.missing.len() as u64,
+                message: format!(
+                    "{} configured school(s) are not among the district's active orgs: the sync would fail; check `schools` / `school_identifiers` (renamed or closed schools)",
+                    scope.missing.len()
+                ),
+                samples: scope.missing.clone(),
+            },
+        );
+        report.blocking = true;
+    }
+    report.scope = scope;
     info!(
         district = %district.id,
         findings = report.findings.len(),
@@ -231,12 +287,16 @@ fn fetch_finding(
 struct ClassFacts {
     active: bool,
     terms: Vec<String>,
+    /// Scoped districts only.
+    school: Option<String>,
 }
 
 struct UserFacts {
     active: bool,
     role: String,
     orgs: bool,
+    /// Scoped districts only: the orgs the user is attached to.
+    attached: Vec<String>,
     gender: bool,
     ethnicity: bool,
     race: bool,
@@ -282,6 +342,15 @@ struct Facts {
     usernames: HashMap<String, Vec<String>>,
     emails: HashMap<String, Vec<String>>,
     identifiers: HashMap<String, Vec<String>>,
+    /// `required_identifier`: the userIds type, the active users without one, and the active
+    /// users holding each value.
+    required_identifier: Option<String>,
+    without_required: Tally,
+    required_values: HashMap<String, Vec<String>>,
+    /// A scoped district: per-school counts are kept.
+    scoped: bool,
+    /// Orgs' names and identifiers (for the scope report).
+    orgs: HashMap<String, (Option<String>, Option<String>)>,
 }
 
 impl Facts {
@@ -298,6 +367,10 @@ impl Facts {
 impl Observe for Facts {
     fn org(&mut self, o: &Org) {
         self.status(Entity::Orgs, o.status);
+        if self.scoped {
+            self.orgs
+                .insert(o.sourced_id.clone(), (o.name.clone(), o.identifier.clone()));
+        }
     }
 
     fn academic_session(&mut self, s: &AcademicSession) {
@@ -317,6 +390,7 @@ impl Observe for Facts {
             ClassFacts {
                 active,
                 terms: c.term_sourced_ids.clone(),
+                school: c.school_sourced_id.clone().filter(|_| self.scoped),
             },
         );
     }
@@ -335,6 +409,18 @@ impl Observe for Facts {
             if let Some(identifier) = &u.identifier {
                 push_holder(&mut self.identifiers, identifier.clone(), id);
             }
+            if let Some(wanted) = &self.required_identifier {
+                let mut any = false;
+                for (t, value) in &u.identifiers {
+                    if t.eq_ignore_ascii_case(wanted) {
+                        any = true;
+                        push_holder(&mut self.required_values, value.clone(), id);
+                    }
+                }
+                if !any {
+                    self.without_required.add(id);
+                }
+            }
         }
         let d = u.demographics;
         if d.present {
@@ -346,6 +432,11 @@ impl Observe for Facts {
                 active,
                 role: u.role.clone(),
                 orgs: !u.org_sourced_ids.is_empty(),
+                attached: if self.scoped {
+                    u.org_sourced_ids.clone()
+                } else {
+                    Vec::new()
+                },
                 gender: d.gender().is_some(),
                 ethnicity: d.hispanic_or_latino.is_some(),
                 race: d.races != 0,
@@ -413,6 +504,7 @@ impl Facts {
         self.duplicates(&mut findings);
         if complete("users") {
             self.people(&mut findings);
+            self.required_identifier(&mut findings);
         }
         if complete("classes") && complete("enrollments") && complete("users") {
             self.untaught(&mut findings);
@@ -438,6 +530,118 @@ impl Facts {
             totals,
             findings,
             blocking,
+            scope: None,
+        }
+    }
+
+    /// Active users without the `required_identifier` type, and values of it that several
+    /// active users share (sign-in would pick the wrong one).
+    fn required_identifier(&self, findings: &mut Vec<AuditFinding>) {
+        let Some(wanted) = &self.required_identifier else {
+            return;
+        };
+        if self.without_required.count > 0 {
+            findings.push(finding(
+                "required_identifier_missing",
+                AuditSeverity::Warning,
+                "users",
+                &self.without_required,
+                format!(
+                    "{} active users have no {wanted} identifier (userIds); they cannot be signed in by it",
+                    self.without_required.count
+                ),
+            ));
+        }
+        let mut shared: Vec<&Vec<String>> = self
+            .required_values
+            .values()
+            .filter(|v| v.len() > 1)
+            .collect();
+        shared.sort();
+        let mut tally = Tally::default();
+        for ids in &shared {
+            for id in *ids {
+                tally.add(id);
+            }
+        }
+        if tally.count > 0 {
+            findings.push(finding(
+                "required_identifier_duplicate",
+                AuditSeverity::Warning,
+                "users",
+                &tally,
+                format!(
+                    "{} active users share {} {wanted} identifier value(s)",
+                    tally.count,
+                    shared.len()
+                ),
+            ));
+        }
+    }
+
+    /// Per school of the scope: the active classes, their active enrollments, and the active
+    /// users attached to the school or enrolled in one of its classes.
+    fn scope_report(&self, scope: &crate::scope::Scope) -> ScopeReport {
+        let mut schools: BTreeMap<String, (SchoolCounts, HashSet<&str>)> = scope
+            .schools()
+            .into_iter()
+            .map(|id| {
+                let (name, identifier) = self.orgs.get(&id).cloned().unwrap_or_default();
+                let counts = SchoolCounts {
+                    sourced_id: id.clone(),
+                    name,
+                    identifier,
+                    ..SchoolCounts::default()
+                };
+                (id, (counts, HashSet::new()))
+            })
+            .collect();
+        for c in self.classes.values() {
+            if let Some((counts, _)) = c.school.as_ref().and_then(|s| schools.get_mut(s))
+                && c.active
+            {
+                counts.classes += 1;
+            }
+        }
+        for e in self.enrollments.iter().filter(|e| e.active) {
+            let school = self.classes.get(&e.class).and_then(|c| c.school.as_ref());
+            if let Some((counts, users)) = school.and_then(|s| schools.get_mut(s)) {
+                counts.enrollments += 1;
+                users.insert(e.user.as_str());
+            }
+        }
+        for (id, u) in &self.users {
+            for org in &u.attached {
+                if let Some((_, users)) = schools.get_mut(org) {
+                    users.insert(id.as_str());
+                }
+            }
+        }
+        let schools = schools
+            .into_values()
+            .map(|(mut counts, users)| {
+                for u in users.iter().filter_map(|id| self.users.get(*id)) {
+                    if !u.active {
+                        continue;
+                    }
+                    counts.users += 1;
+                    match u.role.as_str() {
+                        "student" => counts.students += 1,
+                        "teacher" => counts.teachers += 1,
+                        _ => {}
+                    }
+                }
+                counts
+            })
+            .collect();
+        ScopeReport {
+            schools,
+            missing: scope.missing.clone(),
+            left_out: scope
+                .left_out
+                .iter()
+                .map(|(e, n)| (e.as_str(), *n))
+                .collect(),
         }
     }
 
@@ -682,6 +886,52 @@ impl AuditReport {
                 if t.complete { "yes" } else { "NO" }
             );
         }
+        if let Some(scope) = &self.scope {
+            let _ = writeln!(
+                out,
+                "\nscope: {} school(s) (active records kept per school)\n{:<16} {:<28} {:>8} {:>9} {:>11} {:>8} {:>9} {:>8}",
+                scope.schools.len(),
+                "school",
+                "name",
+                "classes",
+                "students",
+                "teachers",
+                "users",
+                "enrolls.",
+                "ident."
+            );
+            for c in &scope.schools {
+                let _ = writeln!(
+                    out,
+                    "{:<16} {:<28} {:>8} {:>9} {:>11} {:>8} {:>9} {:>8}",
+                    c.sourced_id,
+                    c.name.as_deref().unwrap_or("-"),
+                    c.classes,
+                    c.students,
+                    c.teachers,
+                    c.users,
+                    c.enrollments,
+                    c.identifier.as_deref().unwrap_or("-")
+                );
+            }
+            for missing in &scope.missing {
+                let _ = writeln!(out, "{missing:<16} NOT IN THE SOURCE");
+            }
+            let left: Vec<String> = scope
+                .left_out
+                .iter()
+                .map(|(e, n)| format!("{n} {e}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "left out (not stored): {}",
+                if left.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    left.join(", ")
+                }
+            );
+        }
         let _ = writeln!(out, "\nfindings: {}", self.findings.len());
         for f in &self.findings {
             let severity = if f.blocking {
@@ -730,6 +980,7 @@ mod tests {
             ClassFacts {
                 active: true,
                 terms: vec!["t1".into()],
+                school: None,
             },
         );
         for (i, (begin, end)) in dates.iter().enumerate() {
@@ -766,6 +1017,7 @@ mod tests {
             active,
             role: role.into(),
             orgs: true,
+            attached: Vec::new(),
             gender,
             ethnicity,
             race: false,

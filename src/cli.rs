@@ -43,7 +43,7 @@ const HEALTHCHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 #[command(
     name = "oneroster-sync",
     version,
-    about = "Keeps a roster store in step with districts' OneRoster 1.1 APIs"
+    about = "Keeps a roster store in step with districts' OneRoster (1.1 and 1.2) APIs"
 )]
 struct Cli {
     /// Configuration file.

@@ -363,6 +363,22 @@ pub struct DistrictConfig {
     pub scope: Option<SchoolScope>,
 }
 
+impl DistrictConfig {
+    /// The settings that shape the stored rows beyond what the server sends, as one text
+    /// (`version`: the one the server was read with): a run whose text differs from the last
+    /// applied pull's cannot take the unchanged shortcut or a delta.
+    pub fn stored_form(&self, version: OneRosterVersion) -> String {
+        format!(
+            "oneroster={};demographics={};{}",
+            version.as_str(),
+            self.demographics.as_str(),
+            self.scope
+                .as_ref()
+                .map_or_else(|| "all schools".to_owned(), SchoolScope::fingerprint)
+        )
+    }
+}
+
 /// `oneroster_version = "1.1" | "1.2" | "auto"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OneRosterVersion {

@@ -162,12 +162,14 @@ pub struct DistrictState {
     /// applied.
     pub last_revision: Option<String>,
     pub last_totals: Option<sqlx::types::Json<BTreeMap<String, i64>>>,
+    /// The settings that shaped the rows of that pull (`DistrictConfig::stored_form`).
+    pub applied_settings: Option<String>,
 }
 
 pub async fn district_state(state: &PgPool, district: &str) -> Result<DistrictState> {
     let row: Option<DistrictState> = sqlx::query_as(
         "SELECT pending_run_id, last_full_pull_at, delta_watermark, hash_version, upstream_counts,
-                full_pull_requested, last_revision, last_totals,
+                full_pull_requested, last_revision, last_totals, applied_settings,
                 EXISTS (SELECT 1 FROM sync.held_change_sets h
                         WHERE h.district_id = d.district_id AND h.released_at IS NULL) AS holding
          FROM sync.districts d WHERE district_id = $1",
@@ -327,6 +329,8 @@ pub struct Success<'a> {
     pub upstream_counts: Option<&'a BTreeMap<String, i64>>,
     /// The collection totals the server announced.
     pub totals: Option<&'a BTreeMap<String, i64>>,
+    /// The settings the run's rows were stored under.
+    pub settings: &'a str,
 }
 
 pub async fn mark_success(state: &PgPool, district: &str, s: Success<'_>) -> Result<()> {
@@ -337,7 +341,7 @@ pub async fn mark_success(state: &PgPool, district: &str, s: Success<'_>) -> Res
                                     ELSE greatest(delta_watermark, $4) END,
              upstream_counts = coalesce($6, upstream_counts),
              full_pull_requested = full_pull_requested AND NOT $3,
-             last_totals = $7,
+             last_totals = $7, applied_settings = $8,
              last_revision = $2, consecutive_failures = 0
          WHERE district_id = $1",
     )
@@ -348,6 +352,7 @@ pub async fn mark_success(state: &PgPool, district: &str, s: Success<'_>) -> Res
     .bind(s.started_at)
     .bind(s.upstream_counts.map(sqlx::types::Json))
     .bind(s.totals.map(sqlx::types::Json))
+    .bind(s.settings)
     .execute(state)
     .await
     .map_err(db("recording the district's success"))?;

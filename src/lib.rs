@@ -32,6 +32,7 @@ pub mod pull;
 pub mod registry;
 pub mod safety;
 pub mod scheduler;
+pub mod scope;
 pub mod snapshot;
 pub mod store;
 pub mod stored;

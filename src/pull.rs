@@ -19,7 +19,8 @@ use crate::domain::{Entity, Finding, FindingSummary, Severity};
 use crate::journal::{self, JournalError};
 use crate::mirror::{self, MirrorError};
 use crate::oneroster::{FetchError, OneRosterClient, Page, PullQuery, WireRecord};
-use crate::registry::{Collection, Kind, each_collection};
+use crate::registry::{Collection, Kind, each_collection, kind};
+use crate::scope::Phase;
 use crate::snapshot::{Observe, Snapshot, Take};
 use crate::store::{self, StoreError};
 
@@ -40,6 +41,11 @@ pub enum PullError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Journal(#[from] JournalError),
+    #[error(
+        "the district is scoped to schools the source does not have (or has as tobedeleted): {}; the district may have renamed or closed them: check `schools` / `school_identifiers` against the district's orgs (an audit lists them)",
+        .missing.join(", ")
+    )]
+    ScopeSchoolsMissing { missing: Vec<String> },
     #[error("normalizing a page of {collection} failed: {detail}")]
     Normalize {
         collection: Collection,
@@ -175,7 +181,29 @@ impl<'a, O: Observe> Pull<'a, O> {
     /// Pulls one collection into the snapshot. A server that refuses the field selection
     /// (HTTP 400) refuses the first page, before anything was kept: the collection is pulled
     /// again without it (the wire type keeps only the fields the daemon may hold either way).
+    ///
+    /// A scoped pull (see `scope`) reads the enrollments before the users: asked for the
+    /// users, it pulls the enrollments first; asked for the enrollments afterwards, it has
+    /// them already.
     pub async fn collection<K: Kind>(&mut self) -> Result<Flow, PullError> {
+        let phase = self.snapshot.scope.as_ref().map(|s| s.phase);
+        match (K::COLLECTION, phase) {
+            (Collection::Enrollments, Some(Phase::Released)) => return Ok(Flow::Complete),
+            (Collection::Users, Some(Phase::Collecting)) => {
+                let flow = self.collection_once::<kind::Enrollments>().await?;
+                if flow != Flow::Complete {
+                    return Ok(flow);
+                }
+                if let Some(scope) = &mut self.snapshot.scope {
+                    scope.phase = Phase::Holding;
+                }
+            }
+            _ => {}
+        }
+        self.collection_once::<K>().await
+    }
+
+    async fn collection_once<K: Kind>(&mut self) -> Result<Flow, PullError> {
         let query = self.query::<K>();
         let selected = query.fields.is_some();
         let flow = match self.collection_with::<K>(query).await {
@@ -201,8 +229,21 @@ impl<'a, O: Observe> Pull<'a, O> {
         if let Some(entity) = K::COLLECTION.entity() {
             self.snapshot.collection_done(entity);
         }
+        if K::COLLECTION == Collection::Orgs {
+            let missing = self.snapshot.resolve_scope();
+            // The audit reports them and reads on.
+            if !missing.is_empty() && matches!(self.stage, Stage::ChangeSet { .. }) {
+                return Err(PullError::ScopeSchoolsMissing { missing });
+            }
+        }
         if K::COLLECTION == Collection::Users {
             self.users_done().await?;
+            if self.snapshot.scope.is_some() {
+                // The held enrollments go in after the users, as the enrollments' rows.
+                self.flush(true).await?;
+                self.current = Some(Entity::Enrollments);
+                self.snapshot.release_enrollments(&mut *self.observer);
+            }
         }
         self.flush(true).await?;
         self.tally.complete.push(K::COLLECTION);

@@ -91,7 +91,9 @@ pub fn judge(
                 format!("max_delete_percent = {}", limit.max_delete_percent),
             );
         }
-        let updated = c.updated + c.reactivated;
+        // A reactivated row is judged like a created one (never held): it loses nothing, and
+        // widening a district's `schools` brings rows back that way.
+        let updated = c.updated;
         match limit.max_update_count {
             Some(max) if updated as u64 > max => {
                 breach("update", updated, format!("max_update_count = {max}"));
@@ -262,10 +264,10 @@ mod tests {
     }
 
     #[test]
-    fn updates_over_the_percentage_are_held_and_reactivations_count() {
+    fn updates_over_the_percentage_are_held_and_reactivations_are_not_updates() {
         let c = ChangeCounts {
-            updated: 700,
-            reactivated: 60,
+            updated: 760,
+            reactivated: 600,
             ..Default::default()
         };
         let b = one(Entity::Users, c, 1000);
@@ -277,6 +279,12 @@ mod tests {
             "{}",
             b[0]
         );
+        let c = ChangeCounts {
+            updated: 700,
+            reactivated: 600,
+            ..Default::default()
+        };
+        assert!(one(Entity::Users, c, 1000).is_empty());
     }
 
     #[test]

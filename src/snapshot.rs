@@ -16,11 +16,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use chrono::{DateTime, Utc};
 use foldhash::fast::FixedState;
 
+use crate::config::SchoolScope;
 use crate::diff::{self, Index, Key, Op, Tally};
 use crate::domain::{
     AcademicSession, Class, Code, Course, Demo, Demographics, Enrollment, Entity, Finding, Org,
     Status, User,
 };
+use crate::scope::{Phase, Scope};
 use crate::stored::{self, Stored};
 
 /// Users of a delta pull held back until their demographics are read from the store; past this
@@ -57,6 +59,14 @@ pub trait Checked: Stored {
     }
 
     fn observed_by(&self, observer: &mut impl Observe);
+
+    /// A scoped district: whether the scope keeps the record (before it is checked).
+    fn scoped(&self, _scope: &mut Scope) -> bool {
+        true
+    }
+
+    /// A scoped district: what the scope learns of a record the snapshot kept.
+    fn kept(&self, _scope: &mut Scope) {}
 }
 
 /// How a normalized record of one collection enters the snapshot.
@@ -105,6 +115,13 @@ impl Checked for Org {
     }
     fn observed_by(&self, o: &mut impl Observe) {
         o.org(self);
+    }
+    fn kept(&self, scope: &mut Scope) {
+        scope.org(
+            &self.sourced_id,
+            self.identifier.as_deref(),
+            self.status == Status::Active,
+        );
     }
 }
 
@@ -205,6 +222,10 @@ impl Checked for Class {
     fn observed_by(&self, o: &mut impl Observe) {
         o.class(self);
     }
+
+    fn scoped(&self, scope: &mut Scope) -> bool {
+        scope.class(&self.sourced_id, self.school_sourced_id.as_deref())
+    }
 }
 
 impl Checked for User {
@@ -281,7 +302,13 @@ macro_rules! take_stored {
                 self.references(out);
             }
             fn take(self, findings: Vec<Finding>, snapshot: &mut Snapshot, observer: &mut impl Observe) {
+                if let Some(scope) = &mut snapshot.scope && !self.scoped(scope) {
+                    return;
+                }
                 if let Some(row) = snapshot.accept(self, findings) {
+                    if let Some(scope) = &mut snapshot.scope {
+                        row.kept(scope);
+                    }
                     row.observed_by(observer);
                 }
             }
@@ -289,7 +316,26 @@ macro_rules! take_stored {
     )*};
 }
 
-take_stored!(Org, AcademicSession, Course, Class, Enrollment);
+take_stored!(Org, AcademicSession, Course, Class);
+
+impl Take for Enrollment {
+    fn lookups(&self, out: &mut Vec<(Entity, String)>) {
+        out.push((Entity::Enrollments, self.sourced_id.clone()));
+        self.references(out);
+    }
+    fn take(self, findings: Vec<Finding>, snapshot: &mut Snapshot, observer: &mut impl Observe) {
+        let (e, findings) = match &mut snapshot.scope {
+            Some(scope) => match scope.enrollment(self, findings) {
+                Some(kept) => kept,
+                None => return,
+            },
+            None => (self, findings),
+        };
+        if let Some(row) = snapshot.accept(e, findings) {
+            row.observed_by(observer);
+        }
+    }
+}
 
 impl Take for User {
     fn lookups(&self, out: &mut Vec<(Entity, String)>) {
@@ -297,6 +343,13 @@ impl Take for User {
         self.references(out);
     }
     fn take(self, findings: Vec<Finding>, snapshot: &mut Snapshot, observer: &mut impl Observe) {
+        if let Some(scope) = &mut snapshot.scope
+            && !scope.user(&self.sourced_id, &self.org_sourced_ids)
+        {
+            // Its demographics are not for the store either.
+            snapshot.demographics.remove(&diff::key(&self.sourced_id));
+            return;
+        }
         if let Some(user) = snapshot.accept_user(self, findings) {
             user.observed_by(observer);
         }
@@ -337,6 +390,8 @@ pub struct Snapshot {
     /// Delta pulls: the `dateLastModified` bound sent to the server.
     since: Option<DateTime<Utc>>,
     lines: Vec<u8>,
+    /// A district scoped to some schools (see `scope`).
+    pub scope: Option<Scope>,
 }
 
 impl Snapshot {
@@ -360,6 +415,45 @@ impl Snapshot {
             needs_full: None,
             since,
             lines: Vec::with_capacity(1 << 20),
+            scope: None,
+        }
+    }
+
+    /// Keeps only what `scope` keeps (a district's `schools`).
+    pub fn scoped(mut self, scope: Option<SchoolScope>) -> Snapshot {
+        self.scope = scope.map(Scope::new);
+        self
+    }
+
+    /// A scoped pull, once the orgs are in: the configured schools the pull does not have
+    /// (active); empty when all are there (or the district is not scoped).
+    pub fn resolve_scope(&mut self) -> Vec<String> {
+        let index = &self.index;
+        match &mut self.scope {
+            Some(scope) => scope
+                .resolve(|id| index.reference(Entity::Orgs, id).active)
+                .to_vec(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Whether the next enrollments are to be held until the users are in (a scoped pull
+    /// reads the enrollments before the users).
+    pub fn holds_enrollments(&self) -> bool {
+        self.scope
+            .as_ref()
+            .is_some_and(|s| s.phase == Phase::Collecting)
+    }
+
+    /// The enrollments a scoped pull held, once the users are in.
+    pub fn release_enrollments(&mut self, observer: &mut impl Observe) {
+        let Some(scope) = &mut self.scope else {
+            return;
+        };
+        for (e, findings) in scope.release() {
+            if let Some(row) = self.accept(e, findings) {
+                row.observed_by(observer);
+            }
         }
     }
 

@@ -153,6 +153,9 @@ struct Run<'a> {
     journaled: u64,
     /// The collection totals the server announced, for the next run's unchanged check.
     totals: Option<BTreeMap<String, i64>>,
+    /// The settings the rows are stored under (`DistrictConfig::stored_form`), once the
+    /// server's version is known.
+    settings: String,
 }
 
 /// What a pull delivered.
@@ -198,6 +201,7 @@ impl<'a> Run<'a> {
             upstream_counts: None,
             journaled: 0,
             totals: None,
+            settings: String::new(),
         }
     }
 
@@ -206,7 +210,8 @@ impl<'a> Run<'a> {
     }
 
     async fn cycle(&mut self) -> Result<Outcome, SyncError> {
-        let (client, _version) = OneRosterClient::connect(self.district).await?;
+        let (client, version) = OneRosterClient::connect(self.district).await?;
+        self.settings = self.district.stored_form(version);
         let mut session = self.dbs.state_session().await?;
         let result = self.cycle_in_session(&client, &mut session).await;
         let stats = client.stats();
@@ -380,7 +385,8 @@ impl<'a> Run<'a> {
         state: &DistrictState,
         reconcile: bool,
     ) -> Result<Option<Pulled>, SyncError> {
-        let mut since = match delta_since(self.options, self.district, state, reconcile) {
+        let settings = self.settings.as_str();
+        let mut since = match delta_since(self.options, self.district, state, reconcile, settings) {
             Ok(since) => Some(since),
             Err(reason) => {
                 if self.options.allow_delta {
@@ -390,7 +396,7 @@ impl<'a> Run<'a> {
                 None
             }
         };
-        let shortcut = unchanged_possible(self.options, self.district, state, reconcile);
+        let shortcut = unchanged_possible(self.options, self.district, state, reconcile, settings);
         // What the server holds per collection and its revision (one one-record request each):
         // whether anything changed at all, and whether records were purged since the last full
         // pull (a delta cannot see them go).
@@ -550,7 +556,8 @@ impl<'a> Run<'a> {
                     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
                 )
             });
-            let snapshot = Snapshot::new(index, SAMPLE_IDS, bound);
+            let snapshot =
+                Snapshot::new(index, SAMPLE_IDS, bound).scoped(self.district.scope.clone());
             let mut skipped = Vec::new();
             let mut observer = ();
             let stage = Stage::ChangeSet {
@@ -597,6 +604,17 @@ impl<'a> Run<'a> {
                 let Pull {
                     snapshot, tally, ..
                 } = pull;
+                if let Some(scope) = &snapshot.scope {
+                    let left = |e: Entity| scope.left_out.get(&e).copied().unwrap_or(0);
+                    info!(
+                        schools = %scope.schools().join(","),
+                        classes_left_out = left(Entity::Classes),
+                        users_left_out = left(Entity::Users),
+                        enrollments_left_out = left(Entity::Enrollments),
+                        "scoped to {} schools: records outside them are not stored",
+                        scope.schools().len()
+                    );
+                }
                 return Ok(Pulled {
                     snapshot,
                     tally,
@@ -802,6 +820,7 @@ impl<'a> Run<'a> {
                 started_at: self.started_at,
                 upstream_counts: self.upstream_counts.as_ref(),
                 totals: self.totals.as_ref(),
+                settings: &self.settings,
             },
         )
         .await?;
@@ -992,6 +1011,8 @@ fn named(totals: &BTreeMap<Collection, i64>) -> BTreeMap<String, i64> {
         .collect()
 }
 
+const SETTINGS_CHANGED: &str = "the district's settings that shape its rows (version, demographics, schools) changed since the last applied pull";
+
 /// Whether an unchanged upstream may end the run after the probe (the revision and totals
 /// decide), or why not.
 fn unchanged_possible(
@@ -999,6 +1020,7 @@ fn unchanged_possible(
     district: &DistrictConfig,
     state: &DistrictState,
     reconcile: bool,
+    settings: &str,
 ) -> Result<(), &'static str> {
     if options.full {
         return Err("a full pull was asked for");
@@ -1008,6 +1030,9 @@ fn unchanged_possible(
     }
     if state.last_revision.is_none() || state.last_totals.is_none() {
         return Err("no revision of an applied pull");
+    }
+    if state.applied_settings.as_deref() != Some(settings) {
+        return Err(SETTINGS_CHANGED);
     }
     if reconcile || state.holding || state.full_pull_requested {
         return Err("a full pull is due");
@@ -1028,9 +1053,14 @@ fn delta_since(
     district: &DistrictConfig,
     state: &DistrictState,
     reconcile: bool,
+    settings: &str,
 ) -> Result<DateTime<Utc>, &'static str> {
     if !options.allow_delta || options.full {
         return Err("a full pull was asked for");
+    }
+    if district.scope.is_some() {
+        // A delta cannot tell who left the scope (an enrollment that ended, a user moved).
+        return Err("the district is scoped to some schools");
     }
     if reconcile {
         return Err("the store may be ahead of the mirror");
@@ -1048,6 +1078,9 @@ fn delta_since(
     ) else {
         return Err("no complete pull yet");
     };
+    if state.applied_settings.as_deref() != Some(settings) {
+        return Err(SETTINGS_CHANGED);
+    }
     if state.hash_version != Some(HASH_VERSION) {
         return Err("the mirror's row hashes are of another version");
     }

@@ -611,3 +611,59 @@ async fn rejected_credentials_stop_the_audit_at_once_and_the_secret_is_not_shown
     assert!(sim.stats().token_requests <= 1, "{:?}", sim.stats());
     assert_no_secrets(&out, wrong);
 }
+
+#[tokio::test]
+async fn users_without_the_required_identifier_and_shared_values_are_reported() {
+    let h = Harness::with(
+        SimConfig::new(7, Counts::tiny()),
+        None,
+        "required_identifier = \"LDAP\"\n",
+    )
+    .await;
+    let (twins, active) = h.sim.with_data(|ds| {
+        let mut twins = Vec::new();
+        for u in ds
+            .users
+            .iter_mut()
+            .filter(|u| u.status == oneroster_sim::Status::Active)
+            .take(3)
+        {
+            u.user_ids.push(oneroster_sim::UserId {
+                // The type is compared case-insensitively.
+                id_type: if twins.is_empty() { "ldap" } else { "LDAP" }.into(),
+                identifier: if twins.len() < 2 {
+                    "shared@lakeview".into()
+                } else {
+                    "own@lakeview".into()
+                },
+            });
+            twins.push(u.sourced_id.clone());
+        }
+        twins.truncate(2);
+        twins.sort();
+        let n = ds
+            .users
+            .iter()
+            .filter(|u| u.status == oneroster_sim::Status::Active)
+            .count();
+        (twins, n)
+    });
+    let out = audit(&h.config, "json").await;
+    let report = json_report(&out);
+    let missing = find(&report, "required_identifier_missing");
+    assert_eq!(missing.len(), 1, "{report:#}");
+    assert_eq!(missing[0]["count"], active as u64 - 3);
+    assert_eq!(missing[0]["severity"], "warning");
+    assert!(missing[0]["message"].as_str().unwrap().contains("LDAP"));
+    let shared = find(&report, "required_identifier_duplicate");
+    assert_eq!(shared.len(), 1, "{report:#}");
+    assert_eq!(shared[0]["count"], 2);
+    assert_eq!(shared[0]["samples"], json!(twins));
+    // The identifiers themselves are never in the report.
+    assert!(!output_text(&out).contains("shared@lakeview"));
+
+    // Without the key, neither is reported.
+    let plain = Harness::new(Counts::tiny()).await;
+    let report = json_report(&audit(&plain.config, "json").await);
+    assert!(find(&report, "required_identifier_missing").is_empty());
+}

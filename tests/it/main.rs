@@ -14,6 +14,7 @@ mod network;
 mod outage;
 mod quirks;
 mod safety;
+mod scope;
 mod support;
 mod sync;
 mod unchanged;
