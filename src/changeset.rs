@@ -111,6 +111,14 @@ impl<'a> Line<'a> {
         })
     }
 
+    /// Every line of a buffer of change-set lines (what [`crate::snapshot::Snapshot`] buffers).
+    pub fn each(lines: &'a [u8]) -> impl Iterator<Item = Line<'a>> + 'a {
+        lines
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .filter_map(Line::parse)
+    }
+
     /// The `i`-th field of the row (0: `sourced_id`, 1: `status`, ...), COPY-escaped.
     pub fn field(&self, i: usize) -> &'a [u8] {
         self.row.split(|b| *b == b'\t').nth(i).unwrap_or_default()

@@ -109,10 +109,7 @@ pub async fn copy_created(
     );
     let mut data = Vec::new();
     let mut written = 0;
-    for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        let Some(l) = crate::changeset::Line::parse(line) else {
-            continue;
-        };
+    for l in crate::changeset::Line::each(lines) {
         if !l.counted {
             continue;
         }

@@ -220,10 +220,7 @@ pub async fn copy_new(
     let mut data = Vec::with_capacity(lines.len() / 4);
     let mut district_field = Vec::new();
     crate::stored::copy_escaped(&mut district_field, district);
-    for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        let Some(l) = changeset::Line::parse(line) else {
-            continue;
-        };
+    for l in changeset::Line::each(lines) {
         data.extend_from_slice(&district_field);
         for part in [l.field(0), l.field(1), l.hash] {
             data.push(b'\t');

@@ -213,11 +213,14 @@ impl Record {
 /// UTC). Rounded to the microseconds the store keeps, so a row read back hashes alike.
 pub fn parse_timestamp(value: &str) -> Option<DateTime<Utc>> {
     let value = value.trim();
+    if let Some(t) = common_timestamp(value.as_bytes()) {
+        return Some(t);
+    }
     let (date, time) = match value.find(['T', 't', ' ']) {
         Some(i) => (&value[..i], value[i + 1..].trim()),
         None => (value, ""),
     };
-    let date = NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()?;
+    let date = iso_date(date)?;
     if !(1..=9999).contains(&chrono::Datelike::year(&date)) {
         return None;
     }
@@ -250,7 +253,7 @@ pub fn parse_timestamp(value: &str) -> Option<DateTime<Utc>> {
 pub fn parse_date(value: &str) -> Option<NaiveDate> {
     let value = value.trim();
     let date_part = value.get(..10).unwrap_or(value);
-    let date = NaiveDate::parse_from_str(date_part, "%Y-%m-%d").ok()?;
+    let date = iso_date(date_part)?;
     if !(1..=9999).contains(&chrono::Datelike::year(&date)) {
         return None;
     }
@@ -259,6 +262,56 @@ pub fn parse_date(value: &str) -> Option<NaiveDate> {
     } else {
         None
     }
+}
+
+/// `YYYY-MM-DD` (chrono's reading of it, which also takes unpadded months and days; the common
+/// form is read without it).
+fn iso_date(value: &str) -> Option<NaiveDate> {
+    common_date(value.as_bytes()).or_else(|| NaiveDate::parse_from_str(value, "%Y-%m-%d").ok())
+}
+
+/// The value of a run of ASCII digits.
+fn digits(b: &[u8]) -> Option<u32> {
+    b.iter().try_fold(0u32, |n, d| {
+        d.is_ascii_digit().then(|| n * 10 + u32::from(d - b'0'))
+    })
+}
+
+/// `YYYY-MM-DD`, zero-padded, year 1 to 9999: most dates, read without chrono's format parser
+/// (a few percent of an unchanged pull's CPU).
+fn common_date(b: &[u8]) -> Option<NaiveDate> {
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let year = digits(&b[0..4])?;
+    if year == 0 {
+        return None;
+    }
+    NaiveDate::from_ymd_opt(year as i32, digits(&b[5..7])?, digits(&b[8..10])?)
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.f]Z`, what ClassLink and most servers send for `dateLastModified`;
+/// anything else (and a leap second) is left to the general reader, which gives the same
+/// value for this form.
+fn common_timestamp(b: &[u8]) -> Option<DateTime<Utc>> {
+    if b.len() < 20 || b[10] != b'T' || b[13] != b':' || b[16] != b':' || b[b.len() - 1] != b'Z' {
+        return None;
+    }
+    let date = common_date(&b[..10])?;
+    let (h, m, s) = (
+        digits(&b[11..13])?,
+        digits(&b[14..16])?,
+        digits(&b[17..19])?,
+    );
+    let nanos = match &b[19..b.len() - 1] {
+        [] => 0,
+        [b'.', frac @ ..] if (1..=9).contains(&frac.len()) => {
+            digits(frac)? * 10u32.pow(9 - frac.len() as u32)
+        }
+        _ => return None,
+    };
+    let time = NaiveTime::from_hms_nano_opt(h, m, s, nanos)?;
+    Some(date.and_time(time).and_utc().round_subsecs(6))
 }
 
 fn strip_nul(value: String) -> String {
@@ -871,6 +924,38 @@ mod tests {
         let b = class(w(vec!["t1".into(), "t2".into()])).unwrap().0;
         assert_eq!(a, b);
         assert_eq!(a.periods, vec!["1", "3"]);
+    }
+
+    #[test]
+    fn the_common_forms_read_alike_by_both_readers() {
+        for value in [
+            "2026-09-02T07:06:57.096Z",
+            "2026-09-02T07:06:57Z",
+            "2026-09-02T07:06:57.1234567Z",
+            "2026-09-02T07:06:57.9999996Z",
+            "0001-01-01T00:00:00.5Z",
+            "2026-12-31T23:59:59.999999999Z",
+        ] {
+            let general = parse_timestamp(&value.replace('Z', "+00:00"));
+            assert_eq!(common_timestamp(value.as_bytes()), general, "{value}");
+            assert!(general.is_some(), "{value}");
+        }
+        for value in [
+            "2026-02-30T07:06:57Z",
+            "2026-09-02T24:00:00Z",
+            "2026-09-02 07:06:57Z",
+            "2026-09-02T07:06:57.Z",
+            "0000-09-02T07:06:57Z",
+            "2026-9-02T07:06:57Z",
+        ] {
+            assert_eq!(common_timestamp(value.as_bytes()), None, "{value}");
+        }
+        assert_eq!(
+            common_date(b"2026-09-02"),
+            NaiveDate::from_ymd_opt(2026, 9, 2)
+        );
+        assert_eq!(common_date(b"2026-9-2"), None);
+        assert_eq!(iso_date("2026-9-2"), NaiveDate::from_ymd_opt(2026, 9, 2));
     }
 
     #[test]

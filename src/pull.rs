@@ -494,10 +494,18 @@ impl<'a, O: Observe> Pull<'a, O> {
         match direct {
             Some(d) => {
                 let (new, rest) = changeset::split_new(&lines);
-                if store::copy_new(session, district, entity, &new, &d.deleted_at).await? {
+                let step = Instant::now();
+                let copied =
+                    store::copy_new(session, district, entity, &new, &d.deleted_at).await?;
+                self.tally.timed("stage_store", step);
+                if copied {
+                    let step = Instant::now();
                     mirror::copy_new(session, district, entity, &new).await?;
+                    self.tally.timed("stage_mirror", step);
+                    let step = Instant::now();
                     self.tally.journaled +=
                         journal::copy_created(session, district, d.run_id, entity, &new).await?;
+                    self.tally.timed("stage_journal", step);
                 } else {
                     // The store has some of them already: the change set's upsert writes them.
                     changeset::copy_rows(session, entity, new).await?;

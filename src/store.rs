@@ -151,16 +151,13 @@ async fn derive_user_tables(
             ),
         ),
     ] {
-        sqlx::query(sqlx::AssertSqlSafe(gone.replace("{t}", table)))
-            .bind(district)
-            .execute(&mut *conn)
-            .await
-            .map_err(db("deriving the users' roles and identifiers"))?;
-        sqlx::query(sqlx::AssertSqlSafe(insert))
-            .bind(district)
-            .execute(&mut *conn)
-            .await
-            .map_err(db("deriving the users' roles and identifiers"))?;
+        for sql in [gone.replace("{t}", table), insert] {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(district)
+                .execute(&mut *conn)
+                .await
+                .map_err(db("deriving the users' roles and identifiers"))?;
+        }
     }
     Ok(())
 }
@@ -190,10 +187,7 @@ pub async fn copy_new(
     let mut data = Vec::with_capacity(lines.len() + lines.len() / 8);
     let mut district_field = Vec::new();
     crate::stored::copy_escaped(&mut district_field, district);
-    for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        let Some(l) = changeset::Line::parse(line) else {
-            continue;
-        };
+    for l in changeset::Line::each(lines) {
         data.extend_from_slice(&district_field);
         data.push(b'\t');
         data.extend_from_slice(l.row);

@@ -733,6 +733,35 @@ fn parse_page<T: WireRecord>(
     Ok((records, unreadable, raw.len()))
 }
 
+/// Whether a syntax error at `line`/`column` (1-based, as serde_json counts them) is a number
+/// cut short: the error is at the body's last byte (trailing whitespace aside) and that byte
+/// is one a number cannot end with (`-`, `+`, `.`, `e`, `E`).
+fn at_end(body: &[u8], line: usize, column: usize) -> bool {
+    let end = body.len()
+        - body
+            .iter()
+            .rev()
+            .take_while(|b| b.is_ascii_whitespace())
+            .count();
+    if !matches!(body[..end].last(), Some(b'-' | b'+' | b'.' | b'e' | b'E')) {
+        return false;
+    }
+    let start = if line <= 1 {
+        0
+    } else {
+        match body
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'\n')
+            .nth(line - 2)
+        {
+            Some((i, _)) => i + 1,
+            None => return false,
+        }
+    };
+    start + column >= end
+}
+
 fn page_records(body: &[u8], endpoint: Endpoint) -> Result<Vec<&RawValue>, PageShapeError> {
     // Only a body that ends too early is worth another try (a connection cut mid-page); JSON
     // that is wrong is wrong again on the next request.
@@ -740,6 +769,15 @@ fn page_records(body: &[u8], endpoint: Endpoint) -> Result<Vec<&RawValue>, PageS
         serde_json::error::Category::Eof | serde_json::error::Category::Io => {
             PageShapeError::Truncated(format!(
                 "the page ends early (line {} column {})",
+                e.line(),
+                e.column()
+            ))
+        }
+        // A body cut inside a number (`1.`, `-`, `2e`) is a syntax error at its last byte to
+        // serde_json, but cut short all the same.
+        serde_json::error::Category::Syntax if at_end(body, e.line(), e.column()) => {
+            PageShapeError::Truncated(format!(
+                "the page ends early, inside a value (line {} column {})",
                 e.line(),
                 e.column()
             ))
@@ -929,6 +967,22 @@ mod tests {
         assert!(matches!(
             page_records(cut, USERS),
             Err(PageShapeError::Truncated(_))
+        ));
+        // Cut inside a number: a syntax error to serde_json, a cut page all the same.
+        for cut in [
+            &br#"{"users":[{"sourcedId":"a","n":1."#[..],
+            br#"{"users":[{"sourcedId":"a","n":-"#,
+            b"{\"users\":[{\"sourcedId\":\"a\",\n\"n\":2e  ",
+        ] {
+            assert!(matches!(
+                page_records(cut, USERS),
+                Err(PageShapeError::Truncated(_))
+            ));
+        }
+        let bad_end = br#"{"users":[{"sourcedId":"a"}}"#;
+        assert!(matches!(
+            page_records(bad_end, USERS),
+            Err(PageShapeError::Shape(_))
         ));
         let garbage = br#"{"users":[{"sourcedId":"a"} x]}"#;
         assert!(matches!(
