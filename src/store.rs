@@ -104,7 +104,8 @@ pub async fn apply(
 
 /// `roster.user_roles` and `roster.user_identifiers` of the users in `users` (a table with a
 /// `sourced_id` column: the change set's users, or `roster.users` itself after a first load),
-/// derived again from their rows' `role_assignments` and `identifiers`.
+/// derived again from their rows' `role_assignments` and `identifiers`. (`OFFSET 0` keeps each
+/// element's JSON parsed once, not once per field.)
 async fn derive_user_tables(
     conn: &mut PgConnection,
     district: &str,
@@ -136,7 +137,7 @@ async fn derive_user_tables(
                 "INSERT INTO roster.user_roles (district_id, user_sourced_id, org_sourced_id, role, role_type, begin_date, end_date)
                  SELECT $1, u.sourced_id, x ->> 0, x ->> 1, x ->> 2, (x ->> 3)::date, (x ->> 4)::date
                  FROM {source} CROSS JOIN LATERAL unnest(u.role_assignments) AS e(v)
-                      CROSS JOIN LATERAL (SELECT e.v::jsonb AS x) j {scope}
+                      CROSS JOIN LATERAL (SELECT e.v::jsonb AS x OFFSET 0) j {scope}
                  ON CONFLICT DO NOTHING"
             ),
         ),
@@ -146,7 +147,7 @@ async fn derive_user_tables(
                 "INSERT INTO roster.user_identifiers (district_id, user_sourced_id, type, identifier)
                  SELECT $1, u.sourced_id, x ->> 0, x ->> 1
                  FROM {source} CROSS JOIN LATERAL unnest(u.identifiers) AS e(v)
-                      CROSS JOIN LATERAL (SELECT e.v::jsonb AS x) j {scope}
+                      CROSS JOIN LATERAL (SELECT e.v::jsonb AS x OFFSET 0) j {scope}
                  ON CONFLICT DO NOTHING"
             ),
         ),

@@ -787,6 +787,15 @@ fn page_records(body: &[u8], endpoint: Endpoint) -> Result<Vec<&RawValue>, PageS
             e.line(),
             e.column()
         )),
+        // The wrong shape is seen before the end: a cut body says so only when scanned whole
+        // (on this error path only).
+        serde_json::error::Category::Data
+            if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err_and(|scan| {
+                scan.is_eof() || (scan.is_syntax() && at_end(body, scan.line(), scan.column()))
+            }) =>
+        {
+            PageShapeError::Truncated("the page ends early".to_owned())
+        }
         serde_json::error::Category::Data => PageShapeError::Shape(format!(
             "expected a `{}` array: {}",
             endpoint.envelope_key(),
@@ -797,13 +806,45 @@ fn page_records(body: &[u8], endpoint: Endpoint) -> Result<Vec<&RawValue>, PageS
     if first == Some(&b'[') {
         return serde_json::from_slice::<Vec<&RawValue>>(body).map_err(classify);
     }
-    let envelope: std::collections::HashMap<std::borrow::Cow<'_, str>, &RawValue> =
-        serde_json::from_slice(body).map_err(classify)?;
+    // One pass: the collection's array split into raw records, every other member skipped
+    // (a member repeated: the last one counts, as a map would keep it).
     let key = endpoint.envelope_key();
-    let inner = envelope
-        .get(key)
-        .ok_or_else(|| PageShapeError::Shape(format!("the response has no `{key}` collection")))?;
-    serde_json::from_str::<Vec<&RawValue>>(inner.get()).map_err(classify)
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let records = serde::de::DeserializeSeed::deserialize(Envelope(key), &mut de)
+        .and_then(|records| de.end().map(|()| records))
+        .map_err(classify)?;
+    records.ok_or_else(|| PageShapeError::Shape(format!("the response has no `{key}` collection")))
+}
+
+/// A page's envelope object: the records under `.0` as raw values.
+struct Envelope<'k>(&'k str);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Envelope<'_> {
+    type Value = Option<Vec<&'de RawValue>>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Envelope<'_> {
+    type Value = Option<Vec<&'de RawValue>>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "a page object with a `{}` array", self.0)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut records = None;
+        while let Some(member) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if member == self.0 {
+                records = Some(map.next_value::<Vec<&'de RawValue>>()?);
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(records)
+    }
 }
 
 /// One record read leniently: failure skips the record, reported by id, never the page.
@@ -979,6 +1020,12 @@ mod tests {
                 Err(PageShapeError::Truncated(_))
             ));
         }
+        // The wrong shape, cut: a cut page.
+        let cut_wrong = br#"{"users":{"sourcedId":"a","n":1."#;
+        assert!(matches!(
+            page_records(cut_wrong, USERS),
+            Err(PageShapeError::Truncated(_))
+        ));
         let bad_end = br#"{"users":[{"sourcedId":"a"}}"#;
         assert!(matches!(
             page_records(bad_end, USERS),
