@@ -16,7 +16,7 @@
 //! sync would lose data or refuse to run: a fetch failure it would not survive, or records it
 //! would skip amounting to more than [`BLOCKING_SHARE`] (1 %) of their collection.
 //!
-//! Memory: besides the snapshot's index (32 bytes a record), the audit keeps per record only
+//! Memory: besides the snapshot's index (24 bytes a record), the audit keeps per record only
 //! what its own checks need (ids, references, dates, lower-cased usernames/emails/identifiers,
 //! a few flags), never whole records: tens of MB for an M district.
 

@@ -1,8 +1,8 @@
 //! The diff, in memory, as the pull streams by.
 //!
 //! A run loads an index of the district's mirror: per record one entry, keyed by a 128-bit hash
-//! of its `sourcedId`, holding the 64-bit hash of the row last stored and two status bits
-//! (32 bytes a record). Every pulled record is checked (duplicates, references) and turned into
+//! of its `sourcedId`, holding 56 bits of the hash of the row last stored and its status bits
+//! (24 bytes a record, sized for the collection's total before it fills). Every pulled record is checked (duplicates, references) and turned into
 //! its stored form, hashed, and classified against the index on arrival: a record whose stored
 //! form did not change costs a hash lookup and writes nothing; only created, updated,
 //! reactivated and deleted rows reach the database (`apply_*`). What the index never saw in a
@@ -22,12 +22,26 @@ use xxhash_rust::xxh3::{xxh3_64, xxh3_128};
 use crate::domain::Entity;
 
 /// A record's identity in the index: a 128-bit hash of its `sourcedId` (collisions among the
-/// ids of one district are out of reach: about 2^-64 for ten million records).
-pub type Key = u128;
+/// ids of one district are out of reach: about 2^-82 for ten million records), as two words
+/// (a `u128` would align the index's buckets to 16 bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Key([u64; 2]);
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // Already uniform: one word is enough to place it.
+        state.write_u64(self.0[0]);
+    }
+}
 
 pub fn key(sourced_id: &str) -> Key {
-    xxh3_128(sourced_id.as_bytes())
+    let h = xxh3_128(sourced_id.as_bytes());
+    Key([h as u64, (h >> 64) as u64])
 }
+
+/// The most entries a collection's `X-Total-Count` reserves up front (a larger or bogus total
+/// grows the index as records come instead).
+const MAX_RESERVED: usize = 10_000_000;
 
 /// The definition of [`row_hash`] and the row encoding it reads (`stored`), and the canonical
 /// form of records (`normalize`). Bump it whenever any changes: a mirror hashed under another
@@ -53,30 +67,50 @@ const SKIPPED: u8 = 16;
 /// The record as stored after this run is active (meaningful with `SEEN`).
 const ACTIVE: u8 = 32;
 
+/// One record in the index: the flags in the top byte, the row hash's lower 56 bits below
+/// them (a changed row keeps its hash's lower bits with odds of 2^-56).
 #[derive(Debug, Clone, Copy, Default)]
-struct Entry {
-    hash: i64,
-    flags: u8,
-}
+struct Entry(u64);
+
+const HASH_BITS: u64 = (1 << 56) - 1;
 
 impl Entry {
     /// A record the mirror has; `hash` is NULL after a deletion by absence (or untrusted).
     fn mirrored(active: bool, hash: Option<i64>) -> Entry {
-        let mut entry = Entry {
-            hash: hash.unwrap_or(0),
-            flags: IN_MIRROR,
-        };
+        let mut entry = Entry(hash.map_or(0, |h| h as u64 & HASH_BITS));
+        entry.set(IN_MIRROR);
         if active {
-            entry.flags |= MIRROR_ACTIVE;
+            entry.set(MIRROR_ACTIVE);
         }
         if hash.is_some() {
-            entry.flags |= MIRROR_HASHED;
+            entry.set(MIRROR_HASHED);
         }
         entry
     }
 
+    fn flags(self) -> u8 {
+        (self.0 >> 56) as u8
+    }
+
     fn has(self, flag: u8) -> bool {
-        self.flags & flag != 0
+        self.flags() & flag != 0
+    }
+
+    fn set(&mut self, flags: u8) {
+        self.0 |= u64::from(flags) << 56;
+    }
+
+    fn clear(&mut self, flags: u8) {
+        self.0 &= !(u64::from(flags) << 56);
+    }
+
+    /// Whether the entry holds this row hash (its lower 56 bits).
+    fn holds(self, hash: i64) -> bool {
+        self.0 & HASH_BITS == hash as u64 & HASH_BITS
+    }
+
+    fn set_hash(&mut self, hash: i64) {
+        self.0 = (self.0 & !HASH_BITS) | (hash as u64 & HASH_BITS);
     }
 }
 
@@ -207,6 +241,15 @@ impl Index {
         self.delta
     }
 
+    /// A complete pull, before the entity's mirror loads: room for `total` records (the
+    /// collection's `X-Total-Count`), so the index is not regrown as it fills (growing holds
+    /// the old table and the new one at once).
+    pub fn reserve(&mut self, entity: Entity, total: usize) {
+        let entries = &mut self.table_mut(entity).entries;
+        let wanted = total.min(MAX_RESERVED).saturating_sub(entries.len());
+        entries.reserve(wanted);
+    }
+
     fn table(&self, entity: Entity) -> &Table {
         &self.tables[&entity]
     }
@@ -274,7 +317,11 @@ impl Index {
     }
 
     pub fn mark_skipped(&mut self, entity: Entity, key: Key) {
-        self.table_mut(entity).entries.entry(key).or_default().flags |= SKIPPED;
+        self.table_mut(entity)
+            .entries
+            .entry(key)
+            .or_default()
+            .set(SKIPPED);
     }
 
     /// Records a usable pulled record in its stored form and says what to write, if anything.
@@ -282,15 +329,15 @@ impl Index {
         let reconcile = self.reconcile;
         let entry = self.table_mut(entity).entries.entry(key).or_default();
         let before = *entry;
-        entry.flags |= SEEN | if active { ACTIVE } else { 0 };
-        entry.hash = hash;
+        entry.set(SEEN | if active { ACTIVE } else { 0 });
+        entry.set_hash(hash);
         if !before.has(IN_MIRROR) {
             return Some(Write {
                 op: Op::Create,
                 counted: true,
             });
         }
-        let same = before.has(MIRROR_HASHED) && before.hash == hash;
+        let same = before.has(MIRROR_HASHED) && before.holds(hash);
         let op = match (before.has(MIRROR_ACTIVE), active) {
             (true, false) => Op::Delete,
             (false, true) => Op::Reactivate,
@@ -339,7 +386,8 @@ impl Index {
     /// impossible.
     pub fn mark_deleted(&mut self, entity: Entity, key: Key) {
         let entry = self.table_mut(entity).entries.entry(key).or_default();
-        entry.flags = (entry.flags | SEEN) & !ACTIVE;
+        entry.set(SEEN);
+        entry.clear(ACTIVE);
     }
 }
 
@@ -430,6 +478,37 @@ mod tests {
             index.insert_mirrored(Entity::Users, id, *active, *hash);
         }
         index
+    }
+
+    #[test]
+    fn an_entry_costs_24_bytes_and_its_flags_never_touch_its_hash() {
+        assert_eq!(std::mem::size_of::<(Key, Entry)>(), 24);
+        // A hash whose top byte is all ones, flags set and cleared beside it.
+        let hash = 0xff34_5678_9abc_def1_u64 as i64;
+        let mut e = Entry::mirrored(true, Some(hash));
+        assert!(e.has(IN_MIRROR) && e.has(MIRROR_ACTIVE) && e.has(MIRROR_HASHED));
+        assert!(!e.has(SEEN | SKIPPED | ACTIVE));
+        e.set(SEEN | ACTIVE);
+        e.clear(ACTIVE);
+        assert!(e.has(SEEN) && !e.has(ACTIVE) && e.holds(hash));
+        assert!(!e.holds(hash ^ (1 << 40)) && !e.holds(hash ^ 1));
+        e.set_hash(-1);
+        assert!(e.holds(-1) && e.has(SEEN | IN_MIRROR) && !e.has(ACTIVE));
+        let unhashed = Entry::mirrored(false, None);
+        assert!(unhashed.has(IN_MIRROR) && !unhashed.has(MIRROR_ACTIVE | MIRROR_HASHED));
+    }
+
+    #[test]
+    fn reserving_a_bogus_total_is_capped_and_keeps_what_is_there() {
+        let mut index = index_with(&[("a", true, Some(1))]);
+        index.reserve(Entity::Users, usize::MAX);
+        let capacity = index.table(Entity::Users).entries.capacity();
+        assert!(
+            (MAX_RESERVED..2 * MAX_RESERVED).contains(&capacity),
+            "{capacity}"
+        );
+        // The mirrored entry stands: the same row is no change.
+        assert_eq!(index.observe(Entity::Users, key("a"), true, 1), None);
     }
 
     #[test]

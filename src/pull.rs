@@ -293,27 +293,36 @@ impl<'a, O: Observe> Pull<'a, O> {
             Ok::<(), PullError>(())
         };
         let consumer = async {
-            // A complete pull's index of this entity loads while the first pages come in.
-            if let (Some(entity), false) = (entity, self.snapshot.is_delta())
-                && let Stage::ChangeSet {
+            // A complete pull's index of this entity, sized by the first page's total, loads
+            // while the next pages come in.
+            let mut first = rx.recv().await;
+            if let (Some(entity), false) = (entity, self.snapshot.is_delta()) {
+                if let Some(page) = first.as_ref().filter(|p| p.offset == 0) {
+                    self.snapshot.index.reserve(entity, page.total);
+                }
+                if let Stage::ChangeSet {
                     session,
                     district,
                     trust_hashes,
                     ..
                 } = &mut self.stage
-            {
-                let phase = Instant::now();
-                mirror::load_entity(
-                    session,
-                    &mut self.snapshot.index,
-                    district,
-                    entity,
-                    *trust_hashes,
-                )
-                .await?;
-                self.tally.timed("index", phase);
+                {
+                    let phase = Instant::now();
+                    mirror::load_entity(
+                        session,
+                        &mut self.snapshot.index,
+                        district,
+                        entity,
+                        *trust_hashes,
+                    )
+                    .await?;
+                    self.tally.timed("index", phase);
+                }
             }
-            while let Some(page) = rx.recv().await {
+            while let Some(page) = match first.take() {
+                Some(page) => Some(page),
+                None => rx.recv().await,
+            } {
                 if !self.tally.observe_revision(&page.revision) && self.stop_on_revision_move {
                     return Ok(Flow::RevisionMoved);
                 }
