@@ -2,11 +2,11 @@
 //!
 //! A run loads an index of the district's mirror: per record one entry, keyed by a 128-bit hash
 //! of its `sourcedId`, holding 56 bits of the hash of the row last stored and its status bits
-//! (24 bytes a record, sized for the collection's total before it fills). Every pulled record is checked (duplicates, references) and turned into
-//! its stored form, hashed, and classified against the index on arrival: a record whose stored
-//! form did not change costs a hash lookup and writes nothing; only created, updated,
-//! reactivated and deleted rows reach the database (`apply_*`). What the index never saw in a
-//! complete pull is deleted by absence.
+//! (24 bytes a record, sized for the collection's total before it fills). Every pulled record
+//! is checked (duplicates, references) and turned into its stored form, hashed, and classified
+//! against the index on arrival: a record whose stored form did not change costs a hash lookup
+//! and writes nothing; only created, updated, reactivated and deleted rows reach the database
+//! (`apply_*`). What the index never saw in a complete pull is deleted by absence.
 //!
 //! The index also answers, for records that refer to others, whether the referenced record is
 //! in the snapshot and whether it will be active after this run (the enrollment cascade).
