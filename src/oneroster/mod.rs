@@ -1004,48 +1004,37 @@ mod tests {
 
     #[test]
     fn truncated_body_is_transient_and_wrong_shape_is_not() {
-        let cut = br#"{"users":[{"sourcedId":"a"},{"sourc"#;
-        assert!(matches!(
-            page_records(cut, USERS),
-            Err(PageShapeError::Truncated(_))
-        ));
-        // Cut inside a number: a syntax error to serde_json, a cut page all the same.
-        for cut in [
-            &br#"{"users":[{"sourcedId":"a","n":1."#[..],
+        let cut: &[&[u8]] = &[
+            br#"{"users":[{"sourcedId":"a"},{"sourc"#,
+            // Cut inside a number: a syntax error to serde_json, a cut page all the same.
+            br#"{"users":[{"sourcedId":"a","n":1."#,
             br#"{"users":[{"sourcedId":"a","n":-"#,
             b"{\"users\":[{\"sourcedId\":\"a\",\n\"n\":2e  ",
-        ] {
-            assert!(matches!(
-                page_records(cut, USERS),
-                Err(PageShapeError::Truncated(_))
-            ));
+            // The wrong shape, cut: a cut page.
+            br#"{"users":{"sourcedId":"a","n":1."#,
+        ];
+        for body in cut {
+            let read = page_records(body, USERS);
+            assert!(
+                matches!(read, Err(PageShapeError::Truncated(_))),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
         }
-        // The wrong shape, cut: a cut page.
-        let cut_wrong = br#"{"users":{"sourcedId":"a","n":1."#;
-        assert!(matches!(
-            page_records(cut_wrong, USERS),
-            Err(PageShapeError::Truncated(_))
-        ));
-        let bad_end = br#"{"users":[{"sourcedId":"a"}}"#;
-        assert!(matches!(
-            page_records(bad_end, USERS),
-            Err(PageShapeError::Shape(_))
-        ));
-        let garbage = br#"{"users":[{"sourcedId":"a"} x]}"#;
-        assert!(matches!(
-            page_records(garbage, USERS),
-            Err(PageShapeError::Shape(_))
-        ));
-        let wrong = br#"{"classes":[]}"#;
-        assert!(matches!(
-            page_records(wrong, USERS),
-            Err(PageShapeError::Shape(_))
-        ));
-        let not_array = br#"{"users":{"sourcedId":"a"}}"#;
-        assert!(matches!(
-            page_records(not_array, USERS),
-            Err(PageShapeError::Shape(_))
-        ));
+        let wrong: &[&[u8]] = &[
+            br#"{"users":[{"sourcedId":"a"}}"#,
+            br#"{"users":[{"sourcedId":"a"} x]}"#,
+            br#"{"classes":[]}"#,
+            br#"{"users":{"sourcedId":"a"}}"#,
+        ];
+        for body in wrong {
+            let read = page_records(body, USERS);
+            assert!(
+                matches!(read, Err(PageShapeError::Shape(_))),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
     }
 
     #[test]
