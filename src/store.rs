@@ -96,39 +96,36 @@ pub async fn apply(
         .await
         .map_err(db("soft-deleting rows"))?;
         if entity == Entity::Users {
-            derive_user_tables(conn, district, "apply_users").await?;
+            derive_user_tables(conn, district, Some("apply_users")).await?;
         }
     }
     Ok(())
 }
 
-/// `roster.user_roles` and `roster.user_identifiers` of the users in `users` (a table with a
-/// `sourced_id` column: the change set's users, or `roster.users` itself after a first load),
-/// derived again from their rows' `role_assignments` and `identifiers`. (`OFFSET 0` keeps each
-/// element's JSON parsed once, not once per field.)
+/// `roster.user_roles` and `roster.user_identifiers` of the users in `changed` (a table with a
+/// `sourced_id` column: the change set's users), or of all the district's users (`None`, after
+/// a first load), derived again from their rows' `role_assignments` and `identifiers`.
+/// (`OFFSET 0` keeps each element's JSON parsed once, not once per field.)
 async fn derive_user_tables(
     conn: &mut PgConnection,
     district: &str,
-    users: &str,
+    changed: Option<&str>,
 ) -> Result<(), StoreError> {
-    let scope = if users == "roster.users" {
-        "WHERE u.district_id = $1".to_owned()
-    } else {
-        String::new()
-    };
-    let source = if users == "roster.users" {
-        "roster.users u".to_owned()
-    } else {
-        format!(
-            "roster.users u JOIN {users} c ON u.district_id = $1 AND u.sourced_id = c.sourced_id"
-        )
-    };
-    let gone = if users == "roster.users" {
-        "DELETE FROM roster.{t} WHERE district_id = $1".to_owned()
-    } else {
-        format!(
-            "DELETE FROM roster.{{t}} r USING {users} c WHERE r.district_id = $1 AND r.user_sourced_id = c.sourced_id"
-        )
+    let (source, scope, gone) = match changed {
+        None => (
+            "roster.users u".to_owned(),
+            "WHERE u.district_id = $1",
+            "DELETE FROM roster.{t} WHERE district_id = $1".to_owned(),
+        ),
+        Some(c) => (
+            format!(
+                "roster.users u JOIN {c} c ON u.district_id = $1 AND u.sourced_id = c.sourced_id"
+            ),
+            "",
+            format!(
+                "DELETE FROM roster.{{t}} r USING {c} c WHERE r.district_id = $1 AND r.user_sourced_id = c.sourced_id"
+            ),
+        ),
     };
     for (table, insert) in [
         (
@@ -169,7 +166,7 @@ pub async fn derive_all_user_tables(
     conn: &mut PgConnection,
     district: &str,
 ) -> Result<(), StoreError> {
-    derive_user_tables(conn, district, "roster.users").await
+    derive_user_tables(conn, district, None).await
 }
 
 /// A first load: rows new to the mirror (change-set lines, see `changeset::Line`) go straight
